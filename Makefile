@@ -1,0 +1,52 @@
+# tablet-agent developer commands. `make setup run` is the quick start; `make test` runs the suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+PROTOS := $(wildcard protos/agent/pb/*.proto)
+
+.PHONY: setup run test test-unit lint proto proto-check bench clean
+
+setup: $(VENV)/.installed
+	@command -v mariadbd >/dev/null && command -v mariabackup >/dev/null || { \
+	  echo "installing MariaDB (mariadb-server mariadb-backup) with apt"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    mariadb-server mariadb-backup zstd lz4 pigz >/dev/null; }
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: setup
+	$(PY) -m agent.devrun
+
+test: setup
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+lint: setup proto-check
+	$(VENV)/bin/ruff check agent engines tests bench
+	$(VENV)/bin/ruff format --check agent engines tests bench
+	$(VENV)/bin/mypy
+
+proto:
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --mypy_out=. \
+	  --grpc_python_out=. --mypy_grpc_out=. $(PROTOS)
+
+proto-check:
+	@tmp=$$(mktemp -d); \
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --mypy_out=$$tmp \
+	  --grpc_python_out=$$tmp --mypy_grpc_out=$$tmp $(PROTOS) && \
+	diff -r $$tmp/agent/pb agent/pb -x '__init__.py' -x '__pycache__' -x 'py.typed' \
+	  || { echo "generated code in agent/pb drifted from protos/: run 'make proto' and commit"; rm -rf $$tmp; exit 1; }; \
+	rm -rf $$tmp
+
+bench: setup
+	$(PY) -m bench.run all
+
+clean:
+	rm -rf var build *.egg-info .mypy_cache .ruff_cache .pytest_cache

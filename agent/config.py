@@ -1,0 +1,239 @@
+"""Agent configuration: one typed, frozen model built from defaults < TOML file < environment < flags.
+
+Flag names follow Vitess (`--backup_engine_implementation`, `--file_backup_storage_root`, ...); the
+underscore and the dashed spelling are interchangeable everywhere (flags, TOML keys, env names).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+
+ENV_PREFIX = "TABLET_AGENT_"
+ALIAS_RE = re.compile(r"^(?P<cell>[A-Za-z0-9_]+)-(?P<uid>[0-9]{1,10})$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+SHARD_RE = re.compile(r"^(-|[0-9a-fA-F]*-[0-9a-fA-F]*|[0-9A-Za-z_]+)$")
+
+
+class TabletType(enum.StrEnum):
+    PRIMARY = "PRIMARY"
+    REPLICA = "REPLICA"
+    RDONLY = "RDONLY"
+    SPARE = "SPARE"
+
+
+class StorageKind(enum.StrEnum):
+    FILE = "file"
+    S3 = "s3"
+
+
+class EngineName(enum.StrEnum):
+    BUILTIN = "builtin"
+    XTRABACKUP = "xtrabackup"
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+def normalize_alias(value: str) -> str:
+    """`zone1-102` -> `zone1-0000000102` (Vitess prints the uid with 10 digits)."""
+    m = ALIAS_RE.match(value.strip())
+    if not m:
+        raise ValueError(
+            f"invalid tablet alias {value!r}: expected <cell>-<uid> such as zone1-0000000102 "
+            "(cell: letters, digits, underscore; uid: up to 10 digits)"
+        )
+    uid = int(m.group("uid"))
+    if uid > 0xFFFFFFFF:
+        raise ValueError(f"invalid tablet alias {value!r}: uid must fit in 32 bits")
+    return f"{m.group('cell')}-{uid:010d}"
+
+
+class AgentConfig(BaseModel):
+    """Everything the daemon needs, validated once at start-up. Field names are the flag names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # identity
+    tablet_alias: str
+    init_keyspace: str
+    init_shard: str
+    init_tablet_type: TabletType = TabletType.REPLICA
+
+    # gRPC
+    grpc_port: int = Field(default=16002, ge=0, le=65535)
+    grpc_bind_address: str = "127.0.0.1"
+    grpc_shutdown_grace: float = Field(default=30.0, ge=0, description="seconds in-flight RPCs get on stop")
+    grpc_cert: Path | None = None
+    grpc_key: Path | None = None
+    grpc_ca: Path | None = None
+
+    # mysqld
+    mycnf_file: Path
+    db_credentials_file: Path | None = None
+    mysqld_start_command: str | None = Field(
+        default=None, description="command that starts mysqld; default runs mariadbd/mysqld itself"
+    )
+    mysqld_start_timeout: float = Field(default=120.0, gt=0)
+    mysql_shutdown_timeout: float = Field(default=300.0, gt=0)
+
+    # storage
+    backup_storage_implementation: StorageKind = StorageKind.FILE
+    file_backup_storage_root: Path | None = None
+
+    # engines
+    backup_engine_implementation: EngineName = EngineName.BUILTIN
+    concurrency: int = Field(default=4, ge=1, le=64)
+    compression_engine_name: str = "zstd"
+    compression_level: int | None = None
+    external_compressor: str | None = None
+    external_compressor_extension: str | None = None
+    external_decompressor: str | None = None
+
+    xtrabackup_root_path: Path | None = None
+    xtrabackup_user: str | None = None
+    xtrabackup_stream_mode: str = "xbstream"
+    xtrabackup_backup_flags: str = ""
+    xtrabackup_prepare_flags: str = ""
+    xbstream_restore_flags: str = ""
+    xtrabackup_stripes: int = Field(default=0, ge=0, le=64)
+    xtrabackup_stripe_block_size: int = Field(default=102400, ge=1024)
+
+    # operation
+    state_dir: Path | None = Field(default=None, description="agent state; default <mycnf dir>/tablet-agent")
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: str = "info"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+    @field_validator("tablet_alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        return normalize_alias(v)
+
+    @field_validator("init_keyspace")
+    @classmethod
+    def _keyspace(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"invalid keyspace {v!r}: use 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("init_shard")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        if not SHARD_RE.match(v) or len(v) > 64:
+            raise ValueError(f"invalid shard {v!r}: use a number such as 0 or a key range such as -80 or 80-")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError(f"invalid log_level {v!r}: use debug, info, warning or error")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentConfig:
+        if self.backup_storage_implementation is StorageKind.FILE and self.file_backup_storage_root is None:
+            raise ValueError(
+                "--file_backup_storage_root is required with --backup_storage_implementation=file"
+            )
+        if self.backup_storage_implementation is StorageKind.S3:
+            raise ValueError("--backup_storage_implementation=s3 is not available in this build; use file")
+        if self.compression_engine_name == "external" and not (
+            self.external_compressor and self.external_decompressor
+        ):
+            raise ValueError(
+                "--compression-engine-name=external needs --external-compressor and --external-decompressor"
+            )
+        if (self.grpc_cert is None) != (self.grpc_key is None):
+            raise ValueError("--grpc_cert and --grpc_key must be given together")
+        return self
+
+    @property
+    def effective_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.mycnf_file.parent / "tablet-agent"
+
+
+# Other spellings accepted for a field (Vitess uses --tablet-path for the alias).
+FIELD_ALIASES: dict[str, str] = {"tablet_path": "tablet_alias"}
+BOOL_TRUE = {"1", "true", "yes", "on"}
+
+
+def canonical_key(name: str) -> str:
+    key = name.strip().lstrip("-").replace("-", "_").lower()
+    return FIELD_ALIASES.get(key, key)
+
+
+def config_keys() -> list[str]:
+    return list(AgentConfig.model_fields)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: fix --config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = canonical_key(k)
+        if key not in AgentConfig.model_fields:
+            raise ConfigError(f"config file {path}: unknown key {k!r}; see `tablet-agent --help` for the names")
+        out[key] = v
+    return out
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = canonical_key(name[len(ENV_PREFIX) :])
+        if key in AgentConfig.model_fields:
+            out[key] = value
+    return out
+
+
+def build_config(
+    flags: Mapping[str, Any], environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> AgentConfig:
+    """Merge the sources (later wins) and validate. Raises ConfigError with the fix in the message."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        merged.update(load_toml(config_file))
+    merged.update(env_values(environ))
+    merged.update({canonical_key(k): v for k, v in flags.items() if v is not None})
+    missing = [
+        f"--{name}"
+        for name in ("tablet_alias", "init_keyspace", "init_shard", "mycnf_file")
+        if name not in merged
+    ]
+    if missing:
+        spelled = ", ".join("--tablet-path" if m == "--tablet_alias" else m for m in missing)
+        raise ConfigError(f"missing required setting(s): {spelled} (flag, TOML key or {ENV_PREFIX}* env)")
+    try:
+        return AgentConfig.model_validate(merged)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"--{loc}: {msg}" if loc else msg)
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
