@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(PY) -m agent.devrun
 
-test: setup
+test: lint
 	$(PY) -m pytest -q
 
 test-unit: setup

@@ -192,7 +192,9 @@ def load_toml(path: Path) -> dict[str, Any]:
     for k, v in raw.items():
         key = canonical_key(k)
         if key not in AgentConfig.model_fields:
-            raise ConfigError(f"config file {path}: unknown key {k!r}; see `tablet-agent --help` for the names")
+            raise ConfigError(
+                f"config file {path}: unknown key {k!r}; see `tablet-agent --help` for the names"
+            )
         out[key] = v
     return out
 

@@ -1,0 +1,34 @@
+"""Backup engines, registered by name. The restore engine is the one the MANIFEST names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from agent.config import EngineName
+from agent.errors import DataLoss, Unimplemented
+from agent.manifest import Manifest
+from agent.requests import BackupParams
+from engines.base import Engine
+from engines.builtin import BuiltinEngine
+
+ENGINES: Mapping[str, Callable[[], Engine]] = MappingProxyType({EngineName.BUILTIN.value: BuiltinEngine})
+
+
+def engine_for_backup(params: BackupParams) -> Engine:
+    if params.incremental:
+        raise Unimplemented("incremental backups are not available yet")
+    factory = ENGINES.get(params.engine.value)
+    if factory is None:
+        raise Unimplemented(f"backup engine {params.engine.value!r} is not available yet")
+    return factory()
+
+
+def engine_for_manifest(manifest: Manifest) -> Engine:
+    factory = ENGINES.get(manifest.engine)
+    if factory is None:
+        raise DataLoss(
+            f"backup {manifest.backup_name} was made with engine {manifest.engine!r}, which this agent "
+            f"cannot restore (known: {', '.join(ENGINES)})"
+        )
+    return factory()

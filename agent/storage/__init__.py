@@ -1,0 +1,40 @@
+"""Backup storage backends, registered by name (`--backup_storage_implementation`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from agent.config import AgentConfig
+from agent.errors import ConfigError
+from agent.storage.base import BackupHandle, BackupStorage, BackupWriter, ListsDirectories
+from agent.storage.file import FileBackupStorage
+
+__all__ = [
+    "STORAGES",
+    "BackupHandle",
+    "BackupStorage",
+    "BackupWriter",
+    "FileBackupStorage",
+    "ListsDirectories",
+    "storage_from_config",
+]
+
+
+def _file_storage(config: AgentConfig) -> BackupStorage:
+    if config.file_backup_storage_root is None:
+        raise ConfigError("--file_backup_storage_root is required with --backup_storage_implementation=file")
+    return FileBackupStorage(config.file_backup_storage_root)
+
+
+STORAGES: Mapping[str, Callable[[AgentConfig], BackupStorage]] = MappingProxyType({"file": _file_storage})
+
+
+def storage_from_config(config: AgentConfig) -> BackupStorage:
+    """The storage named by `--backup_storage_implementation`."""
+    name = str(config.backup_storage_implementation)
+    factory = STORAGES.get(name)
+    if factory is None:
+        valid = ", ".join(sorted(STORAGES))
+        raise ConfigError(f"unknown --backup_storage_implementation {name!r}: use one of {valid}")
+    return factory(config)

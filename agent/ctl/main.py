@@ -1,0 +1,192 @@
+"""`tabletctl`: the agent's command-line client. Exit codes: 0 ok, 1 operation failed, 2 usage/connection."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import NoReturn
+
+import grpc
+from google.protobuf import json_format
+
+from agent.ctl.render import print_event, render_status
+from agent.pb import (
+    agentdata_pb2,
+    logutil_pb2,
+    tabletmanagerdata_pb2,
+    tabletmanagerservice_pb2_grpc,
+    vttime_pb2,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CONNECTION_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class CtlParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"tabletctl: error: {message}\n")
+
+
+def _parse_time(value: str) -> vttime_pb2.Time:
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time; use RFC 3339, e.g. 2026-11-23T18:45:00Z"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    ts = t.timestamp()
+    return vttime_pb2.Time(seconds=int(ts), nanoseconds=int((ts - int(ts)) * 1e9))
+
+
+def make_parser() -> CtlParser:
+    p = CtlParser(prog="tabletctl", description="Client for tablet-agent.")
+    p.add_argument("--server", default="127.0.0.1:16002", help="agent address HOST:PORT")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds for unary calls")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=CtlParser)
+    ping = sub.add_parser("ping", help="check the agent answers")
+    ping.add_argument("--payload", default="ping")
+    st = sub.add_parser("status", help="show the tablet's state")
+    st.add_argument("--json", action="store_true")
+    b = sub.add_parser("backup", help="take a backup and follow it")
+    b.add_argument("--allow_primary", "--allow-primary", action="store_true")
+    b.add_argument("--concurrency", type=int, default=0)
+    b.add_argument("--incremental_from_pos", "--incremental-from-pos", default="")
+    b.add_argument("--engine", "--backup_engine", "--backup-engine", default=None)
+    b.add_argument("--upgrade_safe", "--upgrade-safe", action="store_true")
+    b.add_argument("--mysql_shutdown_timeout", "--mysql-shutdown-timeout", type=float, default=None)
+    b.add_argument("--cancel_on_disconnect", "--cancel-on-disconnect", action="store_true")
+    r = sub.add_parser("restore", help="restore from a backup and follow it")
+    r.add_argument("--backup_timestamp", "--backup-timestamp", type=_parse_time, default=None)
+    r.add_argument("--restore_to_pos", "--restore-to-pos", default="")
+    r.add_argument("--restore_to_timestamp", "--restore-to-timestamp", type=_parse_time, default=None)
+    r.add_argument("--dry_run", "--dry-run", action="store_true")
+    r.add_argument("--allowed_backup_engines", "--allowed-backup-engines", action="append", default=[])
+    r.add_argument("--cancel_on_disconnect", "--cancel-on-disconnect", action="store_true")
+    w = sub.add_parser("watch", help="follow an operation's events")
+    w.add_argument("id", nargs="?", default="")
+    c = sub.add_parser("cancel", help="cancel the running operation")
+    c.add_argument("id", nargs="?", default="")
+    ls = sub.add_parser("backups", help="list backups")
+    ls.add_argument("--all", action="store_true", help="include incomplete backups")
+    ls.add_argument("--json", action="store_true")
+    rm = sub.add_parser("remove-backup", help="remove a backup")
+    rm.add_argument("name")
+    rm.add_argument("--force", action="store_true")
+    return p
+
+
+async def _follow(stream: AsyncIterator[logutil_pb2.Event]) -> None:
+    async for event in stream:
+        print_event(event)
+
+
+async def _events(
+    call: AsyncIterable[tabletmanagerdata_pb2.BackupResponse | tabletmanagerdata_pb2.RestoreFromBackupResponse],
+) -> AsyncIterator[logutil_pb2.Event]:
+    async for msg in call:
+        yield msg.event
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.server) as channel:
+        stub = tabletmanagerservice_pb2_grpc.TabletManagerStub(channel)
+        cmd = args.command
+        if cmd == "ping":
+            resp = await stub.Ping(
+                tabletmanagerdata_pb2.PingRequest(payload=args.payload), timeout=args.timeout
+            )
+            print(resp.payload)
+        elif cmd == "status":
+            status = await stub.Status(agentdata_pb2.StatusRequest(), timeout=args.timeout)
+            if args.json:
+                print(json_format.MessageToJson(status, preserving_proto_field_name=True))
+            else:
+                print(render_status(status))
+        elif cmd == "backup":
+            req = tabletmanagerdata_pb2.BackupRequest(
+                concurrency=args.concurrency,
+                allow_primary=args.allow_primary,
+                incremental_from_pos=args.incremental_from_pos,
+                upgrade_safe=args.upgrade_safe,
+                cancel_on_disconnect=args.cancel_on_disconnect,
+            )
+            if args.engine:
+                req.backup_engine = args.engine
+            if args.mysql_shutdown_timeout is not None:
+                req.mysql_shutdown_timeout.seconds = int(args.mysql_shutdown_timeout)
+            await _follow(_events(stub.Backup(req)))
+        elif cmd == "restore":
+            rreq = tabletmanagerdata_pb2.RestoreFromBackupRequest(
+                restore_to_pos=args.restore_to_pos,
+                dry_run=args.dry_run,
+                allowed_backup_engines=args.allowed_backup_engines,
+                cancel_on_disconnect=args.cancel_on_disconnect,
+            )
+            if args.backup_timestamp is not None:
+                rreq.backup_time.CopyFrom(args.backup_timestamp)
+            if args.restore_to_timestamp is not None:
+                rreq.restore_to_timestamp.CopyFrom(args.restore_to_timestamp)
+            await _follow(_events(stub.RestoreFromBackup(rreq)))
+        elif cmd == "watch":
+            async for msg in stub.WatchOperation(agentdata_pb2.WatchOperationRequest(id=args.id)):
+                if msg.HasField("event"):
+                    print_event(msg.event)
+                elif msg.operation.result == agentdata_pb2.FAILED:
+                    print(f"operation failed: {msg.operation.error}", file=sys.stderr)
+                    return EXIT_FAILED
+        elif cmd == "cancel":
+            cresp = await stub.CancelOperation(agentdata_pb2.CancelOperationRequest(id=args.id))
+            print(
+                f"operation {cresp.operation.id}: {agentdata_pb2.OperationResult.Name(cresp.operation.result)}"
+            )
+        elif cmd == "backups":
+            lresp = await stub.ListBackups(
+                agentdata_pb2.ListBackupsRequest(include_incomplete=args.all), timeout=args.timeout
+            )
+            if args.json:
+                print(json_format.MessageToJson(lresp, preserving_proto_field_name=True))
+            else:
+                for b in lresp.backups:
+                    kind = "incremental" if b.incremental else "full"
+                    state = "complete" if b.complete else "INCOMPLETE"
+                    print(f"{b.name}\t{b.engine or 'builtin'}\t{kind}\t{state}\t{b.size_bytes}\t{b.position}")
+        elif cmd == "remove-backup":
+            rmresp = await stub.RemoveBackup(
+                agentdata_pb2.RemoveBackupRequest(name=args.name, force=args.force), timeout=args.timeout
+            )
+            for name in rmresp.removed:
+                print(f"removed {name}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return asyncio.run(run(args))
+    except grpc.aio.AioRpcError as e:
+        code = e.code()
+        print(f"tabletctl: {code.name}: {e.details()}", file=sys.stderr)
+        if code in CONNECTION_CODES and args.command in {"ping", "status", "backups"}:
+            return EXIT_USAGE
+        if code in {grpc.StatusCode.INVALID_ARGUMENT} or (
+            code is grpc.StatusCode.UNAVAILABLE and "connect" in (e.details() or "").lower()
+        ):
+            return EXIT_USAGE
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _json_dump(obj: object) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Operations owned by the daemon: one backup or restore at a time, with progress, result and an event log.
+
+An operation runs as its own task, so it survives the client that started it disconnecting. RPC streams
+are watchers: each gets the backlog from the start of the operation, then live events, until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+
+from agent.errors import AgentError, Cancelled, FailedPrecondition, NotFound, NothingToBackup
+from agent.log import get_logger
+
+EVENT_LOG_LIMIT = 20_000
+HISTORY_LIMIT = 50
+
+log = get_logger("agent.operations")
+
+
+class Level(enum.IntEnum):
+    """Mirrors logutil.Level."""
+
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    CONSOLE = 3
+
+
+class Kind(enum.StrEnum):
+    BACKUP = "backup"
+    RESTORE = "restore"
+
+
+class Result(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    NOTHING_TO_DO = "nothing_to_do"
+
+
+@dataclass(frozen=True)
+class Event:
+    time: datetime
+    level: Level
+    message: str
+    file: str = ""
+    line: int = 0
+
+
+@dataclass
+class Operation:
+    """A running or finished operation. Mutated only by its own task and the runner."""
+
+    kind: Kind
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    phase: str = "starting"
+    bytes_done: int = 0
+    bytes_total: int = 0
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ended: datetime | None = None
+    result: Result = Result.RUNNING
+    error: AgentError | None = None
+    backup_name: str = ""
+    engine: str = ""
+    incremental: bool = False
+    _events: deque[Event] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_LIMIT), repr=False)
+    _dropped: int = 0
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _rate_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=32), repr=False)
+
+    # --- reporting, used by engines and orchestration ---
+
+    def emit(self, level: Level, message: str) -> None:
+        if len(self._events) == self._events.maxlen:
+            self._dropped += 1
+        self._events.append(Event(datetime.now(UTC), level, message))
+        log.log(20 if level is Level.INFO else 30 if level is Level.WARNING else 40, message, op=self.id)
+        self._notify()
+
+    def info(self, message: str) -> None:
+        self.emit(Level.INFO, message)
+
+    def warning(self, message: str) -> None:
+        self.emit(Level.WARNING, message)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.info(f"phase: {phase}")
+
+    def add_total(self, n: int) -> None:
+        self.bytes_total += n
+
+    def add_done(self, n: int) -> None:
+        self.bytes_done += n
+        now = time.monotonic()
+        if not self._rate_samples or now - self._rate_samples[-1][0] >= 0.25:
+            self._rate_samples.append((now, self.bytes_done))
+
+    # --- state ---
+
+    @property
+    def done(self) -> bool:
+        return self.result is not Result.RUNNING
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second over the last few seconds."""
+        if len(self._rate_samples) < 2:
+            return 0.0
+        (t0, b0), (t1, b1) = self._rate_samples[0], self._rate_samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+    @property
+    def eta(self) -> float:
+        rate = self.rate
+        left = self.bytes_total - self.bytes_done
+        return left / rate if rate > 0 and left > 0 else 0.0
+
+    @property
+    def duration(self) -> float:
+        end = self.ended or datetime.now(UTC)
+        return (end - self.started).total_seconds()
+
+    def _notify(self) -> None:
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    def _finish(self, result: Result, error: AgentError | None) -> None:
+        self.result, self.error, self.ended = result, error, datetime.now(UTC)
+        if error is not None:
+            self.emit(Level.ERROR if result is Result.FAILED else Level.WARNING, str(error))
+        self.emit(Level.INFO, f"{self.kind} {result} after {self.duration:.1f}s")
+
+    async def watch(self) -> AsyncIterator[Event]:
+        """Every event from the start (as far as the bounded log holds), then live ones, until the end."""
+        seen = 0
+        while True:
+            wakeup = self._wakeup
+            base = self._dropped
+            start = max(seen, base)
+            for event in itertools.islice(self._events, start - base, None):
+                yield event
+            seen = base + len(self._events)
+            if self.done and seen == self._dropped + len(self._events):
+                return
+            await wakeup.wait()
+
+
+Work = Callable[[Operation], Awaitable[None]]
+
+
+class OperationRunner:
+    """Runs at most one operation at a time for this tablet and remembers the last finished ones."""
+
+    def __init__(self, tablet_alias: str, history: int = HISTORY_LIMIT) -> None:
+        self._alias = tablet_alias
+        self._current: Operation | None = None
+        self._finished: deque[Operation] = deque(maxlen=history)
+        self._finish_hooks: list[Callable[[Operation], None]] = []
+
+    @property
+    def current(self) -> Operation | None:
+        op = self._current
+        return op if op is not None and not op.done else None
+
+    @property
+    def finished(self) -> list[Operation]:
+        """Newest first."""
+        return list(reversed(self._finished))
+
+    def on_finish(self, hook: Callable[[Operation], None]) -> None:
+        self._finish_hooks.append(hook)
+
+    def start(self, kind: Kind, work: Work, *, engine: str = "", incremental: bool = False) -> Operation:
+        running = self.current
+        if running is not None:
+            raise FailedPrecondition(
+                f"a {running.kind} is already running on tablet: {self._alias} (operation {running.id}; "
+                "wait for it or cancel it with `tabletctl cancel`)"
+            )
+        op = Operation(kind=kind, engine=engine, incremental=incremental)
+        self._current = op
+        op._task = asyncio.create_task(self._run(op, work), name=f"{kind}-{op.id}")
+        return op
+
+    async def _run(self, op: Operation, work: Work) -> None:
+        try:
+            await work(op)
+        except NothingToBackup as e:
+            op._finish(Result.NOTHING_TO_DO, e)
+        except asyncio.CancelledError:
+            op._finish(Result.CANCELLED, Cancelled(f"{op.kind} {op.id} was cancelled"))
+        except AgentError as e:
+            op._finish(Result.FAILED, e)
+        except Exception as e:
+            log.exception("operation crashed", op=op.id)
+            op._finish(Result.FAILED, AgentError(f"internal error: {type(e).__name__}: {e}"))
+        else:
+            op._finish(Result.SUCCEEDED, None)
+        finally:
+            self._finished.append(op)
+            for hook in self._finish_hooks:
+                hook(op)
+
+    def get(self, op_id: str) -> Operation:
+        if not op_id:
+            if self._current is None:
+                raise NotFound("no operation has run on this tablet yet")
+            return self._current
+        if self._current is not None and self._current.id == op_id:
+            return self._current
+        for op in self._finished:
+            if op.id == op_id:
+                return op
+        raise NotFound(f"no operation with id {op_id!r}; `tabletctl status` lists recent operations")
+
+    async def cancel(self, op_id: str = "") -> Operation:
+        """Cancel an operation and wait until its cleanup (mysqld restart, replication) is done."""
+        op = self.get(op_id)
+        if op.done:
+            raise FailedPrecondition(f"operation {op.id} already ended: {op.result}")
+        op.warning("cancel requested")
+        task = op._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        return op
+
+    async def shutdown(self, timeout: float) -> None:
+        """Cancel the running operation (it restores mysqld as on failure) and wait up to `timeout`."""
+        op = self.current
+        if op is None or op._task is None:
+            return
+        op.warning("agent is stopping: cancelling the operation")
+        op._task.cancel()
+        await asyncio.wait({op._task}, timeout=timeout)
+
+
+def error_status(op: Operation) -> tuple[grpc.StatusCode, str] | None:
+    """The RPC status an operation's stream ends with (None for success)."""
+    if op.result is Result.SUCCEEDED:
+        return None
+    err = op.error or AgentError(f"{op.kind} ended: {op.result}")
+    return err.code, str(err)

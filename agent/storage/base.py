@@ -1,0 +1,132 @@
+"""The backup storage contract (the shape of Vitess's mysqlctl backupstorage) and its naming rules.
+
+A backup is a set of named objects in `<keyspace>/<shard>/<name>/` of a storage. `BackupStorage`
+lists, starts and removes backups; `BackupHandle` reads or writes one backup's objects. Handles from
+`start_backup` are read-write, handles from `list_backups` read-only. Every backend applies the same
+name rules (`validate_*`), so a forged name can never address anything outside its backup.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from agent.errors import InvalidArgument
+
+MAX_NAME_LENGTH = 255
+_COMPONENT = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
+
+
+class BackupWriter(Protocol):
+    """One object being written. Exactly one of `close` or `abort` ends it."""
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append data. The caller may reuse its buffer once this returns."""
+
+    async def close(self) -> None:
+        """Make the object durable under its final name. Before close returns successfully the
+        object does not exist under that name, so a listed object is always complete."""
+
+    async def abort(self) -> None:
+        """Discard what was written; never raises for cleanup problems. No-op after close."""
+
+
+class BackupHandle(Protocol):
+    """One backup: `directory` is `<keyspace>/<shard>`, `name` the backup's name."""
+
+    @property
+    def directory(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def read_only(self) -> bool:
+        """True for handles from `list_backups`: they can only read."""
+
+    async def add_file(self, filename: str, size_hint: int = -1) -> BackupWriter:
+        """Start writing object `filename` of this read-write handle. An object name is written at
+        most once (FailedPrecondition otherwise); `size_hint` (bytes, -1 unknown) may help the backend."""
+
+    def read_file(self, filename: str) -> AsyncIterator[bytes]:
+        """The object's bytes as an async iterator of chunks; raises NotFound when iterated if the
+        object does not exist."""
+
+    async def file_size(self, filename: str) -> int | None:
+        """The stored size of the object in bytes, or None if it does not exist."""
+
+    async def end(self) -> None:
+        """Durably finish the backup. Every writer must be closed first; afterwards the backup is
+        immutable (no more `add_file`)."""
+
+    async def abort(self) -> None:
+        """Remove everything of this unfinished backup (open writers are aborted)."""
+
+
+class BackupStorage(Protocol):
+    """A place holding backups, e.g. a directory or an object-store bucket."""
+
+    async def list_backups(self, directory: str) -> list[BackupHandle]:
+        """Read-only handles of the backups in `directory`, oldest first (by name). Complete or not:
+        a backup is complete only when its MANIFEST is readable."""
+
+    async def start_backup(self, directory: str, name: str) -> BackupHandle:
+        """A read-write handle for a new backup. Names are never reused or overwritten: if the name
+        exists, raise FailedPrecondition."""
+
+    async def remove_backup(self, directory: str, name: str) -> None:
+        """Delete a backup and all its objects; NotFound if there is no such backup."""
+
+    def describe(self) -> str:
+        """Where the backups live, for messages, e.g. `file:/var/backups`."""
+
+
+@runtime_checkable
+class ListsDirectories(Protocol):
+    """Optional storage capability: enumerate the `<keyspace>/<shard>` directories holding backups."""
+
+    async def list_directories(self) -> list[str]:
+        """The `<keyspace>/<shard>` directories, sorted."""
+
+
+def _check_component(kind: str, value: str) -> None:
+    if not value or len(value) > MAX_NAME_LENGTH or not _COMPONENT.match(value):
+        raise InvalidArgument(
+            f"invalid {kind} {value!r}: use letters, digits, '_', '-' and '.', not starting with '.', "
+            f"at most {MAX_NAME_LENGTH} characters"
+        )
+
+
+def validate_directory(directory: str) -> list[str]:
+    """Check a `<keyspace>/<shard>` directory and return its components."""
+    parts = directory.split("/")
+    if len(parts) > 4:
+        raise InvalidArgument(f"invalid backup directory {directory!r}: expected <keyspace>/<shard>")
+    for part in parts:
+        _check_component("backup directory component", part)
+    return parts
+
+
+def validate_backup_name(name: str) -> str:
+    """Check a backup name such as `2026-11-23.184500.zone1-0000000102`."""
+    _check_component("backup name", name)
+    return name
+
+
+def validate_object_name(filename: str) -> str:
+    """Check an object (file) name inside a backup: no '/', no '..', no NUL or control characters,
+    no leading '.' (reserved for temporary files)."""
+    if (
+        not filename
+        or len(filename) > MAX_NAME_LENGTH
+        or filename.startswith(".")
+        or "/" in filename
+        or ".." in filename
+        or any(ord(c) < 32 or c == "\x7f" for c in filename)
+    ):
+        raise InvalidArgument(
+            f"invalid backup object name {filename!r}: it must be a plain file name without '/', '..', "
+            "control characters or a leading '.'"
+        )
+    return filename

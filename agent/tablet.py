@@ -1,0 +1,67 @@
+"""The tablet: the agent's view of its one mysqld, its storage and its operations, wired from config."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import AgentConfig
+from agent.mysql.client import Credentials, MysqlClient, credentials_from
+from agent.mysql.mycnf import MyCnf, read_mycnf
+from agent.mysql.mysqld import Mysqld
+from agent.operations import OperationRunner
+from agent.storage import BackupStorage, storage_from_config
+
+AGENT_VERSION = "0.1.0"
+
+
+@dataclass
+class Tablet:
+    """Long-lived objects shared by the servicer and the operations. Built once by `Tablet.create`."""
+
+    config: AgentConfig
+    mycnf: MyCnf
+    credentials: Credentials
+    client: MysqlClient
+    mysqld: Mysqld
+    runner: OperationRunner
+    storage: BackupStorage
+    state_dir: Path
+    started_monotonic: float
+    restored_to: str = ""  # what the last restore brought the tablet to, for Status
+
+    @classmethod
+    def create(cls, config: AgentConfig, environ: dict[str, str] | None = None) -> Tablet:
+        mycnf = read_mycnf(config.mycnf_file)
+        creds = credentials_from(
+            mycnf, config.db_credentials_file, dict(os.environ) if environ is None else environ
+        )
+        client = MysqlClient(creds)
+        state_dir = config.effective_state_dir
+        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return cls(
+            config=config,
+            mycnf=mycnf,
+            credentials=creds,
+            client=client,
+            mysqld=Mysqld(mycnf, client, config.mysqld_start_command),
+            runner=OperationRunner(config.tablet_alias),
+            storage=storage_from_config(config),
+            state_dir=state_dir,
+            started_monotonic=time.monotonic(),
+        )
+
+    @property
+    def alias(self) -> str:
+        return self.config.tablet_alias
+
+    @property
+    def backup_directory(self) -> str:
+        """`<keyspace>/<shard>`: where this tablet's backups live in the storage."""
+        return f"{self.config.init_keyspace}/{self.config.init_shard}"
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_monotonic

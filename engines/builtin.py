@@ -1,0 +1,179 @@
+"""The builtin engine: an offline copy of the stopped mysqld's files, each compressed and hashed.
+
+Backup: record replication and read-only state, stop replication, capture the position, shut mysqld down
+cleanly, copy every file in parallel, then start mysqld and put replication back whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.mysql.mysqld import ServerFlavor
+
+from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
+from agent.errors import AgentError
+from agent.manifest import FileEntry
+from agent.mysql import replication
+from agent.operations import Operation
+from agent.pipeline import file_chunks, restore, store
+from agent.procs import in_thread
+from agent.tablet import Tablet
+from engines.base import BackupContext, BackupOutcome, RestoreContext
+from engines.codecs import codec_for_config, codec_for_manifest, manifest_compression_fields
+from engines.datafiles import DataFile, base_directories, find_files_to_backup, restore_path
+from engines.progress import FileProgress
+
+
+def flavor_prefix(flavor: ServerFlavor) -> str:
+    return "MariaDB/" if flavor is ServerFlavor.MARIADB else "MySQL56/"
+
+
+async def restart_mysqld(tablet: Tablet, snap: replication.ReplicationSnapshot, op: Operation) -> None:
+    """Start mysqld and put replication/read-only back as recorded. Runs to the end even if cancelled."""
+    task = asyncio.ensure_future(_restart(tablet, snap, op))
+    while True:
+        try:
+            await asyncio.shield(task)
+            return
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            op.warning("still restarting mysqld: cancellation waits for it")
+
+
+async def _restart(tablet: Tablet, snap: replication.ReplicationSnapshot, op: Operation) -> None:
+    if not await tablet.mysqld.is_running():
+        op.set_phase("starting mysqld")
+        await tablet.mysqld.start(tablet.config.mysqld_start_timeout)
+    info = await tablet.mysqld.server_info()
+    await replication.restore_snapshot(tablet.client, info.flavor, snap)
+    clear_offline_record(tablet.state_dir)
+    op.info("mysqld is running and replication is as before the backup")
+
+
+class BuiltinEngine:
+    name = "builtin"
+
+    async def backup(self, ctx: BackupContext) -> BackupOutcome:
+        tablet, op, params = ctx.tablet, ctx.op, ctx.params
+        info = await tablet.mysqld.server_info()
+        snap = await replication.snapshot(tablet.client, info.flavor)
+        record = OfflineRecord(
+            operation_id=op.id,
+            backup_directory=ctx.handle.directory,
+            backup_name=ctx.handle.name,
+            io_running=snap.io_running,
+            sql_running=snap.sql_running,
+            read_only=snap.read_only.read_only,
+            super_read_only=snap.read_only.super_read_only,
+        )
+        await in_thread(write_offline_record, tablet.state_dir, record)
+        try:
+            op.set_phase("stopping replication")
+            await replication.stop_replication(tablet.client, info.flavor)
+            prefix = flavor_prefix(info.flavor)
+            position = prefix + await replication.executed_gtids(tablet.client, info.flavor)
+            purged = prefix + await replication.purged_gtids(tablet.client, info.flavor)
+            op.info(f"replication stopped at position {position}")
+            op.set_phase("shutting down mysqld")
+            if params.upgrade_safe:
+                op.info("upgrade_safe: slow shutdown (innodb_fast_shutdown=0)")
+            await tablet.mysqld.shutdown(params.mysql_shutdown_timeout, slow=params.upgrade_safe)
+            files = await in_thread(find_files_to_backup, tablet.mycnf, (tablet.state_dir,))
+            op.set_phase("copying files")
+            entries = await self._copy_all(ctx, files)
+        finally:
+            await restart_mysqld(tablet, snap, op)
+        codec_fields = manifest_compression_fields(tablet.config)
+        return BackupOutcome(
+            position=position,
+            purged_position=purged,
+            server_uuid=info.server_uuid,
+            mysql_version=info.version,
+            manifest_fields={"FileEntries": entries, **codec_fields},
+        )
+
+    async def _copy_all(self, ctx: BackupContext, files: list[DataFile]) -> list[FileEntry]:
+        op = ctx.op
+        total = sum(f.size for f in files)
+        op.add_total(total)
+        op.info(
+            f"copying {len(files)} files ({total / 2**20:.1f} MiB) with concurrency {ctx.params.concurrency}"
+        )
+        entries: list[FileEntry | None] = [None] * len(files)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(len(files)):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                entries[i] = await self._copy_one(ctx, i, files[i])
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(ctx.params.concurrency, max(1, len(files)))):
+                tg.create_task(worker())
+        return [e for e in entries if e is not None]
+
+    async def _copy_one(self, ctx: BackupContext, index: int, f: DataFile) -> FileEntry:
+        codec = codec_for_config(ctx.tablet.config)
+        writer = await ctx.handle.add_file(str(index), f.size)
+        progress = FileProgress(ctx.op, "backing up", f.name, f.size)
+        try:
+            stored = await store(file_chunks(f.path), writer, codec, on_progress=progress)
+        except BaseException:
+            await writer.abort()
+            raise
+        return FileEntry(
+            Base=f.base,
+            Name=f.name,
+            Hash=stored.crc32_hex,
+            Sha256=stored.sha256_hex,
+            Size=stored.size,
+            StoredSize=stored.stored_size,
+        )
+
+    async def restore(self, ctx: RestoreContext) -> None:
+        manifest = ctx.manifest
+        entries = manifest.file_entries or []
+        dirs = base_directories(ctx.tablet.mycnf)
+        targets = [restore_path(dirs, fe.base, fe.parent_path, fe.name) for fe in entries]
+        codec = codec_for_manifest(manifest, ctx.tablet.config)
+        sizes = await asyncio.gather(*(ctx.handle.file_size(str(i)) for i in range(len(entries))))
+        missing = [str(i) for i, s in enumerate(sizes) if s is None]
+        if missing:
+            raise AgentError(
+                f"backup {manifest.backup_name} is missing stored object(s) {', '.join(missing[:10])}: "
+                "it cannot be restored; choose another backup"
+            )
+        ctx.op.add_total(sum(fe.size or s or 0 for fe, s in zip(entries, sizes, strict=True)))
+        ctx.op.info(f"restoring {len(entries)} files with concurrency {ctx.concurrency}")
+        order = sorted(range(len(entries)), key=lambda i: sizes[i] or 0, reverse=True)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in order:
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                fe, dest = entries[i], targets[i]
+                await in_thread(_make_parent, dest)
+                progress = FileProgress(ctx.op, "restoring", fe.name, fe.size or sizes[i] or 0)
+                await restore(
+                    ctx.handle.read_file(str(i)),
+                    codec,
+                    dest,
+                    expected_crc32_hex=fe.hash or None,
+                    expected_sha256_hex=fe.sha256,
+                    name=fe.name,
+                    on_progress=progress,
+                )
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(ctx.concurrency, max(1, len(entries)))):
+                tg.create_task(worker())
+
+
+def _make_parent(dest: Path) -> None:
+    dest.parent.mkdir(mode=0o750, parents=True, exist_ok=True)

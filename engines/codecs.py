@@ -1,0 +1,42 @@
+"""The compression codec from the agent's config (backups) or from a MANIFEST (restores)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent import compression
+from agent.config import AgentConfig
+from agent.manifest import Manifest
+
+
+def codec_options(config: AgentConfig) -> compression.CodecOptions:
+    return compression.CodecOptions(
+        level=config.compression_level,
+        external_compressor=config.external_compressor,
+        external_decompressor=config.external_decompressor,
+        external_extension=config.external_compressor_extension or "",
+    )
+
+
+def codec_for_config(config: AgentConfig) -> compression.Codec:
+    return compression.get_codec(config.compression_engine_name, codec_options(config))
+
+
+def manifest_compression_fields(config: AgentConfig) -> dict[str, Any]:
+    """CompressionEngine / SkipCompress / ExternalDecompressor as MANIFEST keys."""
+    fields = compression.manifest_compression(codec_for_config(config))
+    return {
+        "CompressionEngine": fields["compression_engine"],
+        "SkipCompress": fields["skip_compress"],
+        "ExternalDecompressor": fields["external_decompressor"],
+    }
+
+
+def codec_for_manifest(manifest: Manifest, config: AgentConfig) -> compression.Codec:
+    """A restore follows the MANIFEST, never the current compression flags."""
+    return compression.codec_for_manifest(
+        manifest.compression_engine,
+        bool(manifest.skip_compress),
+        manifest.external_decompressor or "",
+        decompressor_override=config.external_decompressor,
+    )

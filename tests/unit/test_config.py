@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, build_config, normalize_alias
+from agent.errors import ConfigError
+from agent.main import main, normalize_argv, parse_config
+
+BASE = {
+    "tablet_alias": "zone1-102",
+    "init_keyspace": "ks",
+    "init_shard": "0",
+    "mycnf_file": "/tmp/my.cnf",
+    "file_backup_storage_root": "/tmp/backups",
+}
+
+
+def test_alias_is_normalized_to_ten_digits() -> None:
+    assert normalize_alias("zone1-102") == "zone1-0000000102"
+    assert normalize_alias("zone1-0000000102") == "zone1-0000000102"
+
+
+@pytest.mark.parametrize(
+    "bad", ["zone1", "zone1-", "-12", "zone 1-12", "zone1-12345678901", "zone1-99999999999"]
+)
+def test_bad_alias_is_rejected(bad: str) -> None:
+    with pytest.raises(ValueError, match="tablet alias"):
+        normalize_alias(bad)
+
+
+def test_dash_and_underscore_spellings_are_the_same_flag() -> None:
+    argv = ["--tablet-path", "zone1-7", "--init-keyspace=ks", "--init_shard", "-80", "--mycnf-file", "/x/my.cnf",
+            "--file-backup-storage-root", "/b", "--backup-engine-implementation=xtrabackup"]  # fmt: skip
+    cfg = parse_config(argv)
+    assert cfg.tablet_alias == "zone1-0000000007"
+    assert cfg.init_shard == "-80"
+    assert cfg.backup_engine_implementation == "xtrabackup"
+    assert normalize_argv(["--a-b-c=d-e", "-x", "v-w"]) == ["--a_b_c=d-e", "-x", "v-w"]
+
+
+def test_precedence_flags_over_env_over_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text('init_keyspace = "from_toml"\ngrpc-port = 1111\nconcurrency = 3\n')
+    env = {"TABLET_AGENT_GRPC_PORT": "2222", "TABLET_AGENT_CONCURRENCY": "5"}
+    flags = {k: v for k, v in BASE.items() if k != "init_keyspace"} | {"concurrency": "7"}
+    cfg = build_config(flags, environ=env, config_file=toml)
+    assert (cfg.init_keyspace, cfg.grpc_port, cfg.concurrency) == ("from_toml", 2222, 7)
+
+
+def test_missing_identity_names_the_flags() -> None:
+    with pytest.raises(ConfigError, match=r"--tablet-path.*--init_keyspace"):
+        build_config({"init_shard": "0", "mycnf_file": "/x"}, environ={})
+
+
+def test_file_storage_needs_root() -> None:
+    with pytest.raises(ConfigError, match="--file_backup_storage_root is required"):
+        build_config({k: v for k, v in BASE.items() if k != "file_backup_storage_root"}, environ={})
+
+
+def test_unknown_toml_key(tmp_path: Path) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text("no_such_key = 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'no_such_key'"):
+        build_config(BASE, environ={}, config_file=toml)
+
+
+def test_config_is_frozen() -> None:
+    cfg = build_config(BASE, environ={})
+    assert isinstance(cfg, AgentConfig)
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.grpc_port = 1  # type: ignore[misc]
+
+
+def test_unknown_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--no-such-flag", "1"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
+
+
+def test_bad_alias_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--tablet-path", "nope", "--init_keyspace", "ks", "--init_shard", "0", "--mycnf_file", "/x",
+               "--file_backup_storage_root", "/b"])  # fmt: skip
+    assert rc == 2
+    assert "invalid tablet alias 'nope'" in capsys.readouterr().err
