@@ -150,7 +150,7 @@ class Operation:
             wakeup = self._wakeup
             base = self._dropped
             start = max(seen, base)
-            for event in itertools.islice(self._events, start - base, None):
+            for event in list(itertools.islice(self._events, start - base, None)):
                 yield event
             seen = base + len(self._events)
             if self.done and seen == self._dropped + len(self._events):

@@ -482,3 +482,17 @@ async def run_concurrently(*coros: Coroutine[Any, Any, object]) -> None:
         raise (first or errors)[0]
     if any(t.cancelled() for t in tasks):
         raise asyncio.CancelledError
+
+
+async def for_each(
+    items: Sequence[T], fn: Callable[[int, T], Coroutine[Any, Any, object]], concurrency: int
+) -> None:
+    """Call `fn(index, item)` for every item, at most `concurrency` at a time, in the given order;
+    the first failure cancels the rest and propagates as itself."""
+    queue = iter(list(enumerate(items)))
+
+    async def worker() -> None:
+        for i, item in queue:
+            await fn(i, item)
+
+    await run_concurrently(*(worker() for _ in range(max(1, min(concurrency, len(items))))))

@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.mysql.mysqld import ServerFlavor
-
 from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
 from agent.errors import AgentError
 from agent.manifest import FileEntry
 from agent.mysql import replication
+from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
 from agent.pipeline import file_chunks, restore, store
-from agent.procs import in_thread
+from agent.procs import for_each, in_thread
 from agent.tablet import Tablet
 from engines.base import BackupContext, BackupOutcome, RestoreContext
 from engines.codecs import codec_for_config, codec_for_manifest, manifest_compression_fields
@@ -102,18 +101,11 @@ class BuiltinEngine:
             f"copying {len(files)} files ({total / 2**20:.1f} MiB) with concurrency {ctx.params.concurrency}"
         )
         entries: list[FileEntry | None] = [None] * len(files)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(files)):
-            queue.put_nowait(i)
 
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                entries[i] = await self._copy_one(ctx, i, files[i])
+        async def copy(i: int, f: DataFile) -> None:
+            entries[i] = await self._copy_one(ctx, i, f)
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(ctx.params.concurrency, max(1, len(files)))):
-                tg.create_task(worker())
+        await for_each(files, copy, ctx.params.concurrency)
         return [e for e in entries if e is not None]
 
     async def _copy_one(self, ctx: BackupContext, index: int, f: DataFile) -> FileEntry:
@@ -150,29 +142,22 @@ class BuiltinEngine:
         ctx.op.add_total(sum(fe.size or s or 0 for fe, s in zip(entries, sizes, strict=True)))
         ctx.op.info(f"restoring {len(entries)} files with concurrency {ctx.concurrency}")
         order = sorted(range(len(entries)), key=lambda i: sizes[i] or 0, reverse=True)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in order:
-            queue.put_nowait(i)
 
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                fe, dest = entries[i], targets[i]
-                await in_thread(_make_parent, dest)
-                progress = FileProgress(ctx.op, "restoring", fe.name, fe.size or sizes[i] or 0)
-                await restore(
-                    ctx.handle.read_file(str(i)),
-                    codec,
-                    dest,
-                    expected_crc32_hex=fe.hash or None,
-                    expected_sha256_hex=fe.sha256,
-                    name=fe.name,
-                    on_progress=progress,
-                )
+        async def restore_one(_: int, i: int) -> None:
+            fe, dest = entries[i], targets[i]
+            await in_thread(_make_parent, dest)
+            progress = FileProgress(ctx.op, "restoring", fe.name, fe.size or sizes[i] or 0)
+            await restore(
+                ctx.handle.read_file(str(i)),
+                codec,
+                dest,
+                expected_crc32_hex=fe.hash or None,
+                expected_sha256_hex=fe.sha256,
+                name=fe.name,
+                on_progress=progress,
+            )
 
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(ctx.concurrency, max(1, len(entries)))):
-                tg.create_task(worker())
+        await for_each(order, restore_one, ctx.concurrency)
 
 
 def _make_parent(dest: Path) -> None:

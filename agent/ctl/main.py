@@ -88,7 +88,9 @@ async def _follow(stream: AsyncIterator[logutil_pb2.Event]) -> None:
 
 
 async def _events(
-    call: AsyncIterable[tabletmanagerdata_pb2.BackupResponse | tabletmanagerdata_pb2.RestoreFromBackupResponse],
+    call: AsyncIterable[
+        tabletmanagerdata_pb2.BackupResponse | tabletmanagerdata_pb2.RestoreFromBackupResponse
+    ],
 ) -> AsyncIterator[logutil_pb2.Event]:
     async for msg in call:
         yield msg.event

@@ -24,6 +24,7 @@ from pathlib import Path
 from agent.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from agent.mysql.client import MysqlClient, QueryError
 from agent.mysql.mycnf import MyCnf
+from agent.procs import describe_exit, format_argv
 
 POLL_INTERVAL = 0.15
 ERROR_LOG_LINES = 20
@@ -68,7 +69,7 @@ class Mysqld:
         if self.pid() is not None:
             await self._wait_ready(deadline, None)
         elif self.start_command:
-            await self._run_start_command(timeout)
+            await self._run_start_command(self.start_command, timeout)
             await self._wait_ready(deadline, None)
         else:
             await self._wait_ready(deadline, self._spawn_detached())
@@ -135,7 +136,7 @@ class Mysqld:
                         return
             if proc is not None and proc.returncode is not None:
                 raise Unavailable(
-                    f"mysqld exited with status {proc.returncode} before it answered at "
+                    f"mysqld {describe_exit(proc.returncode)} before it answered at "
                     f"{self.client.credentials.address}; {self._error_log_tail()}"
                 )
             if loop.time() >= deadline:
@@ -173,25 +174,23 @@ class Mysqld:
             "install the server or set --mysqld_start_command"
         )
 
-    async def _run_start_command(self, timeout: float) -> None:
+    async def _run_start_command(self, command: str, timeout: float) -> None:
         """Run the configured command to completion. Its output goes to a file, not a pipe: the
         server it starts may inherit the descriptors and keep a pipe open forever."""
-        assert self.start_command is not None
-        argv = shlex.split(self.start_command)
+        argv = shlex.split(command)
+        shown = f"--mysqld_start_command `{format_argv(argv)}`"
         with tempfile.TemporaryFile() as out:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out
                 )
             except OSError as e:
-                raise FailedPrecondition(f"--mysqld_start_command {self.start_command!r}: {e}") from None
+                raise FailedPrecondition(f"{shown}: {e}") from None
             try:
                 async with asyncio.timeout(timeout):
                     rc = await proc.wait()
             except TimeoutError:
-                raise DeadlineExceeded(
-                    f"--mysqld_start_command {self.start_command!r} did not finish within {timeout:g}s"
-                ) from None
+                raise DeadlineExceeded(f"{shown} did not finish within {timeout:g}s") from None
             finally:
                 if proc.returncode is None:
                     proc.kill()
@@ -199,9 +198,7 @@ class Mysqld:
             if rc != 0:
                 out.seek(0)
                 tail = out.read()[-4000:].decode(errors="replace").strip()
-                raise Unavailable(
-                    f"--mysqld_start_command {self.start_command!r} exited with status {rc}: {tail}"
-                )
+                raise Unavailable(f"{shown} {describe_exit(rc)}: {tail}")
 
     async def _send_shutdown(self, slow: bool) -> None:
         try:

@@ -202,11 +202,16 @@ async def set_gtid_state(client: SqlRunner, flavor: ServerFlavor, position_gtids
     """After a restore, make the server know it holds `position_gtids` (no flavor prefix).
 
     MariaDB: stop replication and set `gtid_slave_pos`, so `MASTER_USE_GTID=slave_pos` resumes from
-    there (its binlogs are kept). MySQL: `RESET MASTER` (this deletes the binlogs) and `gtid_purged`.
+    there. No `RESET MASTER`: binlogs are kept. When the binlog holds no GTID yet (a restored datadir),
+    `gtid_binlog_state` is set too, so `executed_gtids` reports the position and the server can serve
+    replicas from it if promoted. MySQL: `RESET MASTER` (this deletes the binlogs) and `gtid_purged`.
     """
     await stop_replication(client, flavor)
     if flavor is ServerFlavor.MARIADB:
         await client.execute("SET GLOBAL gtid_slave_pos = %s", (position_gtids,))
+        row = await client.query_one("SELECT @@GLOBAL.log_bin AS on_, @@GLOBAL.gtid_binlog_pos AS binlog_pos")
+        if row is not None and _on(row["on_"]) and not _gtids(row["binlog_pos"]):
+            await client.execute("SET GLOBAL gtid_binlog_state = %s", (position_gtids,))
     else:
         await client.execute("RESET MASTER")
         await client.execute("SET GLOBAL gtid_purged = %s", (position_gtids,))

@@ -27,13 +27,18 @@ pytestmark = pytest.mark.integration
 def test_ping_health_and_reflection_on_a_replica(replica: Sandbox, agent_factory: AgentFactory) -> None:
     agent = agent_factory(replica)
     with agent.channel() as ch:
-        assert agent.stub(ch).Ping(tabletmanagerdata_pb2.PingRequest(payload="hello"), timeout=5).payload == "hello"
+        assert (
+            agent.stub(ch).Ping(tabletmanagerdata_pb2.PingRequest(payload="hello"), timeout=5).payload
+            == "hello"
+        )
         health = health_pb2_grpc.HealthStub(ch)
         for service in ("", "tabletmanagerservice.TabletManager"):
             resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-        answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        answers = list(
+            refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
         names = {s.name for s in answers[0].list_services_response.service}
         assert "tabletmanagerservice.TabletManager" in names
         assert "grpc.health.v1.Health" in names
@@ -110,7 +115,9 @@ def test_sigterm_stops_within_grace_and_notifies_systemd(
     sock.bind(str(notify_path))
     sock.settimeout(10)
     with sock:
-        agent = agent_factory(replica, env={"NOTIFY_SOCKET": str(notify_path)}, extra=["--grpc_shutdown_grace", "3"])
+        agent = agent_factory(
+            replica, env={"NOTIFY_SOCKET": str(notify_path)}, extra=["--grpc_shutdown_grace", "3"]
+        )
         assert b"READY=1" in sock.recv(4096)
         assert agent.proc is not None
         started = time.monotonic()
@@ -130,5 +137,7 @@ def test_tabletctl_ping_and_status(replica: Sandbox, agent_factory: AgentFactory
     res = subprocess.run([*ctl, "status"], capture_output=True, text=True, env=env, timeout=30)
     assert res.returncode == 0, res.stderr
     assert "zone1-0000000102" in res.stdout and "operation    idle" in res.stdout
-    res = subprocess.run([*ctl, "--server", "127.0.0.1:1", "ping"], capture_output=True, text=True, env=env, timeout=30)
+    res = subprocess.run(
+        [*ctl, "--server", "127.0.0.1:1", "ping"], capture_output=True, text=True, env=env, timeout=30
+    )
     assert res.returncode == 2

@@ -159,6 +159,7 @@ async def test_set_gtid_state_on_a_fresh_sandbox(sandbox_factory: SandboxFactory
     client = client_for(restored)
     await repl.set_gtid_state(client, MARIADB, before)
     assert restored.value("SELECT @@GLOBAL.gtid_slave_pos") == before
+    assert await repl.executed_gtids(client, MARIADB) == before  # its empty binlog now starts there
 
     restored.make_replica_of(primary)
     after = primary.write_rows(3, table="after", database="later")
@@ -167,6 +168,8 @@ async def test_set_gtid_state_on_a_fresh_sandbox(sandbox_factory: SandboxFactory
     assert restored.value("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'before'") == 0
     assert await repl.executed_gtids(client, MARIADB) == after
 
-    await repl.set_gtid_state(client, MARIADB, after)  # stops replication first
+    await repl.set_gtid_state(client, MARIADB, after)  # stops replication first; the binlog is kept
     status = await repl.replication_status(client, MARIADB)
     assert not status.io_running and not status.sql_running
+    assert [name for name, _ in await repl.binary_logs(client)] == ["binlog.000001"]
+    assert await repl.executed_gtids(client, MARIADB) == after
