@@ -3,15 +3,19 @@ names put the files back, start mysqld and set its GTID state."""
 
 from __future__ import annotations
 
+import asyncio
+
 from agent.catalog import BackupEntry, list_backup_entries, newest_complete_full
 from agent.config import TabletType
 from agent.crash_state import clear_restore_sentinel, write_restore_sentinel
-from agent.errors import FailedPrecondition, Unimplemented
+from agent.errors import DataLoss, FailedPrecondition, Unimplemented
+from agent.manifest import Manifest
 from agent.mysql import replication
 from agent.mysql.gtid import parse_position
 from agent.operations import Kind, Operation
 from agent.procs import in_thread
 from agent.requests import RestoreParams
+from agent.storage.base import BackupHandle
 from agent.tablet import Tablet
 from agent.tablet_type import effective_tablet_type
 from engines import engine_for_manifest
@@ -59,8 +63,9 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
         f"restore plan: {engine.name} backup {tablet.backup_directory}/{manifest.backup_name} taken "
         f"{manifest.backup_time} on {manifest.tablet_alias or 'unknown tablet'} at position {manifest.position}"
     )
+    await check_objects(handle, manifest, engine.stored_objects(manifest))
     if params.dry_run:
-        op.info("dry run: nothing was changed")
+        op.info("dry run: the backup's objects are all present; nothing was changed")
         return
     await in_thread(write_restore_sentinel, tablet.state_dir, manifest.backup_name)
     if await tablet.mysqld.is_running():
@@ -78,11 +83,26 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     position = parse_position(manifest.position) if manifest.position else None
     if position is not None and not position.is_empty():
         await replication.set_gtid_state(tablet.client, info.flavor, str(position.gtids))
+    # A restored tablet is a replica-to-be: it must not take writes until someone points it somewhere.
+    await replication.set_read_only(
+        tablet.client, replication.ReadOnlyState(read_only=True, super_read_only=True)
+    )
     await in_thread(clear_restore_sentinel, tablet.state_dir)
     tablet.restored_to = f"backup {manifest.backup_name} at position {manifest.position}"
     op.info(
         f"restore complete: the tablet holds backup {manifest.backup_name} at position {manifest.position}"
     )
+
+
+async def check_objects(handle: BackupHandle, manifest: Manifest, names: list[str]) -> None:
+    """Refuse a backup with missing objects before the datadir is touched."""
+    sizes = await asyncio.gather(*(handle.file_size(name) for name in names))
+    missing = [name for name, size in zip(names, sizes, strict=True) if size is None]
+    if missing:
+        raise DataLoss(
+            f"backup {manifest.backup_name} is missing stored object(s) {', '.join(missing[:10])}: it cannot "
+            "be restored; choose another backup (RestoreFromBackup backup_time) or remove it"
+        )
 
 
 def _clear_tablet_dirs(tablet: Tablet) -> None:

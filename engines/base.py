@@ -48,6 +48,10 @@ class Engine(Protocol):
         """Copy the tablet into `ctx.handle`. Must not write MANIFEST; must leave mysqld as it found it."""
         ...
 
+    def stored_objects(self, manifest: Manifest) -> list[str]:
+        """The object names a restore of this backup reads; all are checked before anything is touched."""
+        ...
+
     async def restore(self, ctx: RestoreContext) -> None:
         """Make the (stopped) tablet's data directories hold the backup. mysqld is started by the caller."""
         ...

@@ -10,8 +10,7 @@ import asyncio
 from pathlib import Path
 
 from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
-from agent.errors import AgentError
-from agent.manifest import FileEntry
+from agent.manifest import FileEntry, Manifest
 from agent.mysql import replication
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
@@ -126,6 +125,9 @@ class BuiltinEngine:
             StoredSize=stored.stored_size,
         )
 
+    def stored_objects(self, manifest: Manifest) -> list[str]:
+        return [str(i) for i in range(len(manifest.file_entries or []))]
+
     async def restore(self, ctx: RestoreContext) -> None:
         manifest = ctx.manifest
         entries = manifest.file_entries or []
@@ -133,12 +135,6 @@ class BuiltinEngine:
         targets = [restore_path(dirs, fe.base, fe.parent_path, fe.name) for fe in entries]
         codec = codec_for_manifest(manifest, ctx.tablet.config)
         sizes = await asyncio.gather(*(ctx.handle.file_size(str(i)) for i in range(len(entries))))
-        missing = [str(i) for i, s in enumerate(sizes) if s is None]
-        if missing:
-            raise AgentError(
-                f"backup {manifest.backup_name} is missing stored object(s) {', '.join(missing[:10])}: "
-                "it cannot be restored; choose another backup"
-            )
         ctx.op.add_total(sum(fe.size or s or 0 for fe, s in zip(entries, sizes, strict=True)))
         ctx.op.info(f"restoring {len(entries)} files with concurrency {ctx.concurrency}")
         order = sorted(range(len(entries)), key=lambda i: sizes[i] or 0, reverse=True)

@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.sandbox import Sandbox, find_program
+from tests.sandbox import Sandbox, SandboxFactory, find_program
 
 MISSING_MARIADB = (
     "MariaDB is not installed (no mariadbd / mariadb-install-db on PATH or in /usr/sbin): "
     "`apt-get install mariadb-server mariadb-backup` to run the integration tests"
 )
-
-
-class SandboxFactory:
-    """Creates sandboxes from the session's template datadir; `cleanup` stops and deletes them all."""
-
-    def __init__(self, template: Path, tmp: pytest.TempPathFactory) -> None:
-        self._template = template
-        self._tmp = tmp
-        self.created: list[Sandbox] = []
-
-    def __call__(self, start: bool = True, extra_options: Sequence[str] = ()) -> Sandbox:
-        sandbox = Sandbox(
-            self._tmp.mktemp("sb"), server_id=len(self.created) + 1, extra_options=extra_options
-        )
-        self.created.append(sandbox)
-        sandbox.init_from(self._template)
-        if start:
-            sandbox.start()
-        return sandbox
-
-    def cleanup(self) -> None:
-        errors: list[BaseException] = []
-        for sandbox in reversed(self.created):
-            try:
-                sandbox.destroy()
-            except Exception as e:  # keep going: every sandbox must be stopped
-                errors.append(e)
-        if errors:
-            raise errors[0]
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
+import pytest
 
 REPL_USER = "repl"
 REPL_PASSWORD = "repl-secret"
@@ -315,3 +316,32 @@ class Sandbox:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self} is not replicating after {timeout}s: {status}")
             time.sleep(0.05)
+
+
+class SandboxFactory:
+    """Creates sandboxes from the session's template datadir; `cleanup` stops and deletes them all."""
+
+    def __init__(self, template: Path, tmp: pytest.TempPathFactory) -> None:
+        self._template = template
+        self._tmp = tmp
+        self.created: list[Sandbox] = []
+
+    def __call__(self, start: bool = True, extra_options: Sequence[str] = ()) -> Sandbox:
+        sandbox = Sandbox(
+            self._tmp.mktemp("sb"), server_id=len(self.created) + 1, extra_options=extra_options
+        )
+        self.created.append(sandbox)
+        sandbox.init_from(self._template)
+        if start:
+            sandbox.start()
+        return sandbox
+
+    def cleanup(self) -> None:
+        errors: list[BaseException] = []
+        for sandbox in reversed(self.created):
+            try:
+                sandbox.destroy()
+            except Exception as e:  # keep going: every sandbox must be stopped
+                errors.append(e)
+        if errors:
+            raise errors[0]

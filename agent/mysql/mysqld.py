@@ -65,10 +65,19 @@ class Mysqld:
         is alive but does not answer yet (crash recovery) is waited for, not started twice."""
         if await self.is_running():
             return
-        deadline = asyncio.get_running_loop().time() + timeout
-        if self.pid() is not None:
-            await self._wait_ready(deadline, None)
-        elif self.start_command:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Alive but silent: still starting (crash recovery) or still shutting down. Wait for either.
+        while self.pid() is not None:
+            if await self.is_running():
+                return
+            if loop.time() >= deadline:
+                raise DeadlineExceeded(
+                    f"mysqld (pid {self.pid()}) neither answered nor exited within {timeout:g}s; "
+                    f"see its error log {self.mycnf.log_error}"
+                )
+            await asyncio.sleep(POLL_INTERVAL)
+        if self.start_command:
             await self._run_start_command(self.start_command, timeout)
             await self._wait_ready(deadline, None)
         else:

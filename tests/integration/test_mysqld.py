@@ -18,8 +18,7 @@ from agent.errors import DeadlineExceeded, Unavailable
 from agent.mysql.client import Credentials, MysqlClient, QueryError, credentials_from
 from agent.mysql.mycnf import read_mycnf
 from agent.mysql.mysqld import Mysqld, ServerFlavor
-from tests.conftest import SandboxFactory
-from tests.sandbox import Sandbox, find_program, is_alive
+from tests.sandbox import Sandbox, SandboxFactory, find_program, is_alive
 
 pytestmark = pytest.mark.integration
 

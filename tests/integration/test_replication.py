@@ -12,8 +12,7 @@ from agent.mysql import replication as repl
 from agent.mysql.client import MysqlClient, credentials_from
 from agent.mysql.mycnf import read_mycnf
 from agent.mysql.mysqld import ServerFlavor
-from tests.conftest import SandboxFactory
-from tests.sandbox import Sandbox
+from tests.sandbox import Sandbox, SandboxFactory
 
 pytestmark = pytest.mark.integration
 
