@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 run: setup
-	$(PY) -m agent.devrun
+	$(PY) -m devtools.devrun
 
 test: lint
 	$(PY) -m pytest -q
@@ -29,8 +29,8 @@ test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
 lint: setup proto-check
-	$(VENV)/bin/ruff check agent engines tests bench
-	$(VENV)/bin/ruff format --check agent engines tests bench
+	$(VENV)/bin/ruff check agent engines tests bench devtools
+	$(VENV)/bin/ruff format --check agent engines tests bench devtools
 	$(VENV)/bin/mypy
 
 proto:

@@ -13,10 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from agent.mysql.mycnf import MyCnf
-
 from agent.errors import DataLoss
 from agent.manifest import FileBase as Base
+from agent.mysql.mycnf import MyCnf
 
 # Files that describe this server instance or its runtime, never data to copy to another one.
 EXCLUDED_NAMES = frozenset(
@@ -33,6 +32,9 @@ EXCLUDED_NAMES = frozenset(
     }
 )
 EXCLUDED_SUFFIXES = (".pid", ".sock", ".sock.lock", ".err", ".tmp")
+# Besides the numbered files: the index, and MariaDB's `.state` (the binlog GTID state saved at shutdown
+# and read at start-up; a stale one would make a restored server believe it has GTIDs it does not have).
+BINLOG_SIDE_FILES = frozenset({"index", "state"})
 INNODB_LOG_RE = re.compile(r"^ib_logfile\d+$")
 
 
@@ -70,7 +72,8 @@ def _is_runtime_file(path: Path, cnf: MyCnf, skip: set[Path]) -> bool:
     for base in (cnf.log_bin, cnf.relay_log):
         if base is not None and path.parent.resolve() == base.parent.resolve():
             stem = base.name
-            if name == stem + ".index" or (name.startswith(stem + ".") and name[len(stem) + 1 :].isdigit()):
+            suffix = name[len(stem) + 1 :] if name.startswith(stem + ".") else ""
+            if suffix in BINLOG_SIDE_FILES or suffix.isdigit():
                 return True
     return False
 
@@ -144,12 +147,12 @@ def clear_directory(path: Path, keep: tuple[Path, ...] = ()) -> None:
 
 
 def clear_binlogs(cnf: MyCnf) -> None:
-    """Remove the binlog and relay-log files and their indexes (their directories may be shared)."""
+    """Remove the binlog and relay-log files, indexes and GTID state (their directories may be shared)."""
     for base in (cnf.log_bin, cnf.relay_log):
         if base is None or not base.parent.is_dir():
             continue
         stem = base.name
         for entry in base.parent.iterdir():
             suffix = entry.name[len(stem) + 1 :] if entry.name.startswith(stem + ".") else ""
-            if suffix == "index" or suffix.isdigit():
+            if suffix in BINLOG_SIDE_FILES or suffix.isdigit():
                 entry.unlink()

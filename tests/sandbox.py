@@ -60,10 +60,12 @@ def is_alive(pid: int) -> bool:
 class Sandbox:
     """One mariadbd under `root`: `root/my.cnf`, `root/data`, `root/mysqld.sock`, `root/binlog.*`."""
 
-    def __init__(self, root: Path, server_id: int = 1, extra_options: Sequence[str] = ()) -> None:
+    def __init__(
+        self, root: Path, server_id: int = 1, extra_options: Sequence[str] = (), port: int | None = None
+    ) -> None:
         self.root = root
         self.server_id = server_id
-        self.port = free_port()
+        self.port = port or free_port()
         self.cnf = root / "my.cnf"
         self.datadir = root / "data"
         self.socket = root / "mysqld.sock"
