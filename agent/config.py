@@ -7,6 +7,7 @@ underscore and the dashed spelling are interchangeable everywhere (flags, TOML k
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import re
 import tomllib
@@ -78,7 +79,18 @@ class AgentConfig(BaseModel):
     grpc_shutdown_grace: float = Field(default=30.0, ge=0, description="seconds in-flight RPCs get on stop")
     grpc_cert: Path | None = None
     grpc_key: Path | None = None
-    grpc_ca: Path | None = None
+    grpc_ca: Path | None = Field(
+        default=None, description="CA for client certificates: mTLS required when set"
+    )
+    grpc_insecure: bool = Field(
+        default=False, description="allow a non-loopback --grpc_bind_address without TLS (not recommended)"
+    )
+    grpc_auth_token_file: Path | None = Field(
+        default=None,
+        description="lines `<admin|readonly> <name> <token>`; callers send `authorization: Bearer`",
+    )
+    grpc_admin_identities: str = Field(default="", description="client cert CNs/SANs allowed to mutate")
+    grpc_readonly_identities: str = Field(default="", description="client cert CNs/SANs allowed to read")
 
     # mysqld
     mycnf_file: Path
@@ -159,11 +171,28 @@ class AgentConfig(BaseModel):
             )
         if (self.grpc_cert is None) != (self.grpc_key is None):
             raise ValueError("--grpc_cert and --grpc_key must be given together")
+        if self.grpc_ca is not None and self.grpc_cert is None:
+            raise ValueError("--grpc_ca (client certificates) needs TLS: give --grpc_cert and --grpc_key too")
+        if not is_loopback(self.grpc_bind_address) and self.grpc_cert is None and not self.grpc_insecure:
+            raise ValueError(
+                f"--grpc_bind_address={self.grpc_bind_address} is not a loopback address: anyone who reaches it "
+                "could shut mysqld down; give --grpc_cert/--grpc_key (and --grpc_ca for mTLS), or pass "
+                "--grpc_insecure to accept plaintext"
+            )
         return self
 
     @property
     def effective_state_dir(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.mycnf_file.parent / "tablet-agent"
+
+
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # Other spellings accepted for a field (Vitess uses --tablet-path for the alias).

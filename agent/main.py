@@ -60,7 +60,10 @@ def make_parser() -> FlagParser:
         default = "" if field.is_required() else f" (default: {field.default})"
         help_text = (field.description or "") + default
         names = ["--" + name] + (["--tablet_path"] if name == "tablet_alias" else [])
-        parser.add_argument(*names, dest=name, metavar=name.upper(), help=help_text or None)
+        if field.annotation is bool:  # `--grpc_insecure` alone means true; `--grpc_insecure=false` too
+            parser.add_argument(*names, dest=name, nargs="?", const="true", metavar="BOOL", help=help_text)
+        else:
+            parser.add_argument(*names, dest=name, metavar=name.upper(), help=help_text or None)
     return parser
 
 
@@ -74,7 +77,7 @@ async def serve(config: AgentConfig) -> int:
     notifier = SystemdNotifier()
     tablet = Tablet.create(config)
     await prepare_tablet(tablet)
-    server = AgentServer(TabletManagerServicer(tablet))
+    server = AgentServer(TabletManagerServicer(tablet), config)
     port = await server.start(config)
     log.info(
         "tablet-agent serving",
@@ -90,6 +93,7 @@ async def serve(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     watchdog = asyncio.create_task(notifier.run_watchdog())
     await stop.wait()
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -56,7 +56,14 @@ class AgentProcess:
         self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> AgentProcess:
+    def _ping(self) -> None:
+        with grpc.insecure_channel(self.address) as ch:
+            tabletmanagerservice_pb2_grpc.TabletManagerStub(ch).Ping(
+                tabletmanagerdata_pb2.PingRequest(payload="up"), timeout=1
+            )
+
+    def start(self, timeout: float = 30.0, probe: Callable[[], object] | None = None) -> AgentProcess:
+        """Start and wait until `probe` (default: a plaintext Ping) stops raising grpc.RpcError."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env=self.env, cwd=REPO)
@@ -66,10 +73,7 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with grpc.insecure_channel(self.address) as ch:
-                    tabletmanagerservice_pb2_grpc.TabletManagerStub(ch).Ping(
-                        tabletmanagerdata_pb2.PingRequest(payload="up"), timeout=1
-                    )
+                (probe or self._ping)()
                 return self
             except grpc.RpcError:
                 time.sleep(0.1)
