@@ -13,18 +13,15 @@ import enum
 import hmac
 import os
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import grpc
 
 from agent.config import AgentConfig
 from agent.errors import ConfigError, PermissionDenied
 from agent.log import get_logger
 
-SERVICE_PREFIX = "/tabletmanagerservice.TabletManager/"
 READ_ONLY_METHODS = frozenset({"Ping", "Status", "FullStatus", "ListBackups", "WatchOperation"})
 
 audit = get_logger("agent.audit")
@@ -118,57 +115,3 @@ class Authorizer:
             )
         if mutating:
             audit.info("allowed", who=caller.identity, rpc=method)
-
-
-Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Checks every TabletManager call before its handler runs (health and reflection stay open)."""
-
-    def __init__(self, authorizer: Authorizer) -> None:
-        self._authorizer = authorizer
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        path = handler_call_details.method
-        if handler is None or not path.startswith(SERVICE_PREFIX):
-            return handler
-        method = path.removeprefix(SERVICE_PREFIX)
-        authorizer = self._authorizer
-
-        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            metadata = [(k, v) for k, v in context.invocation_metadata() or ()]
-            auth = {k: list(v) for k, v in context.auth_context().items()}
-            caller = authorizer.identify(metadata, auth, context.peer())
-            try:
-                authorizer.authorize(method, caller)
-            except PermissionDenied as e:
-                await context.abort(e.code, str(e))
-
-        if handler.unary_unary is not None:
-            inner_unary: Handler = handler.unary_unary  # type: ignore[assignment]  # aio handlers are async
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await check(context)
-                return await inner_unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_stream: Handler = handler.unary_stream  # type: ignore[assignment]
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                await check(context)
-                async for item in inner_stream(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.errors import DataLoss, InvalidArgument, NotFound
+from agent.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from agent.manifest import (
     MANIFEST_FILENAME,
     MAX_MANIFEST_SIZE,
@@ -121,7 +121,7 @@ def newest_complete_full(
     where = directory or (entries[0].directory if entries else None)
     in_where = f" in {where}" if where else ""
     if not entries:
-        raise NotFound(f"no available backup{in_where}: take a backup first")
+        raise FailedPrecondition(f"no available backup{in_where}: take a backup first")
     if before is not None and before.tzinfo is None:
         raise InvalidArgument(f"backup time {before} has no time zone")
     allowed = set(allowed_engines) if allowed_engines else None
@@ -145,7 +145,7 @@ def newest_complete_full(
         return e
     complete = len(entries) - incomplete
     if complete == 0:
-        raise NotFound(
+        raise FailedPrecondition(
             f"backup(s) found but none are complete{in_where}: {incomplete} incomplete backup(s) skipped "
             "(no readable MANIFEST)"
         )
@@ -158,4 +158,6 @@ def newest_complete_full(
         reasons.append(f"{incremental} incremental")
     if incomplete:
         reasons.append(f"{incomplete} incomplete")
-    raise NotFound(f"no complete full backup{in_where} matches the request: skipped {', '.join(reasons)}")
+    raise FailedPrecondition(
+        f"no complete full backup{in_where} matches the request: skipped {', '.join(reasons)}"
+    )

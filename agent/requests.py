@@ -11,6 +11,7 @@ from datetime import datetime
 from agent.config import AgentConfig, EngineName
 from agent.convert import duration_from_pb, time_from_pb
 from agent.errors import InvalidArgument
+from agent.mysql.gtid import parse_position
 from agent.pb import tabletmanagerdata_pb2, topodata_pb2
 
 MAX_CONCURRENCY = 64
@@ -64,12 +65,18 @@ def _engine(value: str, field: str) -> EngineName:
         ) from None
 
 
-def _position_text(value: str, field: str) -> str:
+def _position_text(value: str, field: str, *, allow_auto: bool = False) -> str:
+    """A GTID position (flavor prefix optional), checked now so a typo fails before anything runs."""
     if len(value) > MAX_POSITION_LEN:
         raise InvalidArgument(f"{field}: position is too long ({len(value)} characters)")
-    if any(ord(c) < 32 for c in value):
-        raise InvalidArgument(f"{field}: position {value!r} contains control characters")
-    return value.strip()
+    text = value.strip()
+    if not text or (allow_auto and text == "auto"):
+        return text
+    try:
+        parse_position(text)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{field}: {e}") from None
+    return text
 
 
 def backup_params(req: tabletmanagerdata_pb2.BackupRequest, config: AgentConfig) -> BackupParams:
@@ -104,7 +111,9 @@ def backup_params(req: tabletmanagerdata_pb2.BackupRequest, config: AgentConfig)
     return BackupParams(
         concurrency=req.concurrency or config.concurrency,
         allow_primary=req.allow_primary,
-        incremental_from_pos=_position_text(req.incremental_from_pos, "incremental_from_pos"),
+        incremental_from_pos=_position_text(
+            req.incremental_from_pos, "incremental_from_pos", allow_auto=True
+        ),
         upgrade_safe=req.upgrade_safe,
         engine=engine,
         mysql_shutdown_timeout=timeout,

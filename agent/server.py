@@ -7,9 +7,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from agent.auth import AuthInterceptor, Authorizer
+from agent.auth import Authorizer
 from agent.config import AgentConfig, is_loopback
 from agent.errors import ConfigError
+from agent.guard import RequestGuard
 from agent.log import get_logger
 from agent.pb import (
     agentdata_pb2,
@@ -32,7 +33,7 @@ class AgentServer:
         self.authorizer = Authorizer(config)
         self.certificates = ServerCertificates(config) if config.grpc_cert is not None else None
         self.server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.authorizer)],
+            interceptors=[RequestGuard(self.authorizer)],
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),

@@ -13,8 +13,9 @@ async def effective_tablet_type(tablet: Tablet) -> TabletType:
     configured = tablet.config.init_tablet_type
     try:
         info = await tablet.mysqld.server_info()
-        status = await replication.replication_status(tablet.client, info.flavor)
-        ro = await replication.read_only_state(tablet.client)
+        async with tablet.client.connection() as session:
+            status = await replication.replication_status(session, info.flavor)
+            ro = await replication.read_only_state(session)
     except AgentError:
         return configured  # mysqld down: nothing to learn from it
     if not status.configured and not ro.read_only:

@@ -12,7 +12,7 @@ from agent.catalog import (
     read_manifest,
     write_manifest,
 )
-from agent.errors import NotFound, StorageError
+from agent.errors import FailedPrecondition, StorageError
 from agent.manifest import Manifest, format_time
 from agent.storage.base import BackupHandle, BackupWriter
 from agent.storage.file import FileBackupStorage
@@ -51,7 +51,7 @@ async def test_entries_are_oldest_first_with_completeness(tmp_path: Path) -> Non
 
 async def test_no_backups_at_all(tmp_path: Path) -> None:
     entries = await list_backup_entries(FileBackupStorage(tmp_path), DIR)
-    with pytest.raises(NotFound, match=r"^no available backup in commerce/0"):
+    with pytest.raises(FailedPrecondition, match=r"^no available backup in commerce/0"):
         newest_complete_full(entries, directory=DIR)
 
 
@@ -61,7 +61,7 @@ async def test_only_incomplete_backups_says_how_many_were_skipped(tmp_path: Path
     await _backup(storage, 11, b"[]")
     entries = await list_backup_entries(storage, DIR)
     with pytest.raises(
-        NotFound, match=r"^backup\(s\) found but none are complete in commerce/0: 2 incomplete"
+        FailedPrecondition, match=r"^backup\(s\) found but none are complete in commerce/0: 2 incomplete"
     ):
         newest_complete_full(entries)
 
@@ -78,10 +78,10 @@ async def test_choice_honours_time_engine_and_skips_incremental_and_incomplete(t
     assert newest_complete_full(entries, before=_t(9)).name.startswith("2026-11-23.090000")
     assert newest_complete_full(entries, allowed_engines=["builtin"]).name.startswith("2026-11-23.090000")
     with pytest.raises(
-        NotFound, match="skipped 2 taken after 2026-11-23T08:00:00Z, 1 incremental, 1 incomplete"
+        FailedPrecondition, match="skipped 2 taken after 2026-11-23T08:00:00Z, 1 incremental, 1 incomplete"
     ):
         newest_complete_full(entries, before=_t(8))
-    with pytest.raises(NotFound, match="made by engines not in \\['mysqlshell'\\]"):
+    with pytest.raises(FailedPrecondition, match="made by engines not in \\['mysqlshell'\\]"):
         newest_complete_full(entries, allowed_engines=["mysqlshell"])
 
 
