@@ -46,7 +46,7 @@ proto-check:
 	rm -rf $$tmp
 
 bench: setup
-	$(PY) -m bench.run all
+	bench/run all
 
 clean:
 	rm -rf var build *.egg-info .mypy_cache .ruff_cache .pytest_cache
