@@ -12,6 +12,7 @@ from agent.errors import DataLoss, FailedPrecondition, Unimplemented
 from agent.manifest import Manifest
 from agent.mysql import replication
 from agent.mysql.gtid import parse_position
+from agent.mysql.master_info import configure_source, read_master_info
 from agent.operations import Kind, Operation
 from agent.procs import in_thread
 from agent.requests import RestoreParams
@@ -67,6 +68,7 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     if params.dry_run:
         op.info("dry run: the backup's objects are all present; nothing was changed")
         return
+    source = await in_thread(read_master_info, tablet.mycnf.datadir / "master.info")
     await in_thread(write_restore_sentinel, tablet.state_dir, manifest.backup_name)
     if await tablet.mysqld.is_running():
         op.set_phase("stopping mysqld")
@@ -83,6 +85,9 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     position = parse_position(manifest.position) if manifest.position else None
     if position is not None and not position.is_empty():
         await replication.set_gtid_state(tablet.client, info.flavor, str(position.gtids))
+    if source is not None:
+        await configure_source(tablet.client, source)
+        op.info(f"replication source {source.host}:{source.port} configured again (not started)")
     # A restored tablet is a replica-to-be: it must not take writes until someone points it somewhere.
     await replication.set_read_only(
         tablet.client, replication.ReadOnlyState(read_only=True, super_read_only=True)

@@ -49,7 +49,9 @@ def test_backup_replica_then_restore_into_a_fresh_replica(
     restore(target)
     assert count(fresh) == 200
     assert pos in str(fresh.value("SELECT @@GLOBAL.gtid_slave_pos"))
-    fresh.make_replica_of(primary)
+    status = fresh.replica_status()
+    assert status["Master_Port"] == primary.port and status["Slave_SQL_Running"] == "No"
+    fresh.sql("START SLAVE")  # the source was kept: attaching is just starting replication
     fresh.wait_for_gtid(after)
     assert count(fresh) == 250
 
