@@ -5,13 +5,19 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PROTOS := $(wildcard protos/agent/pb/*.proto)
 
-.PHONY: setup run test test-unit lint proto proto-check bench clean
+.PHONY: setup system-packages run test test-unit lint proto proto-check bench clean
 
-setup: $(VENV)/.installed
-	@command -v mariadbd >/dev/null && command -v mariabackup >/dev/null || { \
-	  echo "installing MariaDB (mariadb-server mariadb-backup) with apt"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    mariadb-server mariadb-backup zstd lz4 pigz >/dev/null; }
+SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz
+APT_PACKAGES := mariadb-server mariadb-backup mariadb-client zstd lz4 pigz python3-venv
+
+setup: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing=$$(for t in $(SYSTEM_TOOLS); do PATH=$$PATH:/usr/sbin command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing with apt: $(APT_PACKAGES) (missing: $$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
