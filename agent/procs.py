@@ -203,6 +203,8 @@ class Process:
         if stdin is None:
             raise RuntimeError(f"{shlex.join(self._argv)}: stdin is not a pipe")
         try:
+            if stdin.is_closing():  # uvloop closes the pipe when the child exits
+                raise BrokenPipeError
             stdin.write(data)
             await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
