@@ -65,8 +65,8 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
             Shard=config.init_shard,
             MySQLVersion=outcome.mysql_version,
             UpgradeSafe=params.upgrade_safe,
-            TabletAgent=AgentInfo(Version=AGENT_VERSION),
-            **outcome.manifest_fields,
+            # an engine may bring its own TabletAgent (xtrabackup: per-object hashes)
+            **{"TabletAgent": AgentInfo(Version=AGENT_VERSION), **outcome.manifest_fields},
         )
         await write_manifest(handle, manifest)
         await handle.end()

@@ -122,6 +122,12 @@ class AgentConfig(BaseModel):
     xbstream_restore_flags: str = ""
     xtrabackup_stripes: int = Field(default=0, ge=0, le=64)
     xtrabackup_stripe_block_size: int = Field(default=102400, ge=1024)
+    xtrabackup_binary: str = Field(
+        default="xtrabackup", description="xtrabackup program name or path; default falls back to mariabackup"
+    )
+    xbstream_binary: str = Field(
+        default="xbstream", description="xbstream program name or path; default falls back to mbstream"
+    )
 
     # operation
     state_dir: Path | None = Field(default=None, description="agent state; default <mycnf dir>/tablet-agent")

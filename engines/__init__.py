@@ -11,8 +11,11 @@ from agent.manifest import Manifest
 from agent.requests import BackupParams
 from engines.base import Engine
 from engines.builtin import BuiltinEngine
+from engines.xtrabackup import XtrabackupEngine
 
-ENGINES: Mapping[str, Callable[[], Engine]] = MappingProxyType({EngineName.BUILTIN.value: BuiltinEngine})
+ENGINES: Mapping[str, Callable[[], Engine]] = MappingProxyType(
+    {EngineName.BUILTIN.value: BuiltinEngine, EngineName.XTRABACKUP.value: XtrabackupEngine}
+)
 
 
 def engine_for_backup(params: BackupParams) -> Engine:

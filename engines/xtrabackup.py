@@ -1,0 +1,231 @@
+"""The xtrabackup engine: online full backups by `xtrabackup --backup --stream` (or MariaDB's mariabackup).
+
+Backup: the tool's stdout goes through compression and hashing straight into storage (never a local
+file), in one object or split round-robin into N stripes, each with its own compressor; its stderr
+becomes operation events as it comes. The position is the `GTID of the last change` it reports, and
+only its `completed OK!` line makes a run count. A replica is backed up with `--slave-info
+--safe-slave-backup`; since a dying tool leaves the SQL thread stopped, the agent starts it again
+afterwards (and, should the agent itself die, at its next start, from the crash record).
+
+Restore: see `engines.xtrabackup_restore`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.compression import Codec
+from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
+from agent.errors import AgentError, FailedPrecondition, InvalidArgument
+from agent.manifest import AgentInfo, Manifest, StoredObject
+from agent.mysql import replication
+from agent.mysql.gtid import Flavor, parse_position
+from agent.mysql.mysqld import ServerFlavor
+from agent.operations import Operation
+from agent.pipeline import StoredFile, store, store_striped, stream_chunks
+from agent.procs import PIPE, ExecError, Process, ProcessError, complete, format_argv, in_thread, spawn
+from agent.storage.base import BackupHandle
+from agent.tablet import AGENT_VERSION, Tablet
+from engines.base import BackupContext, BackupOutcome, RestoreContext
+from engines.codecs import codec_for_config, manifest_compression_fields
+from engines.datafiles import find_files_to_backup
+from engines.progress import FileProgress
+from engines.xtrabackup_layout import Layout, layout_of, object_records
+from engines.xtrabackup_restore import restore_backup
+from engines.xtrabackup_tool import (
+    Settings,
+    ToolOutput,
+    backup_argv,
+    child_env,
+    find_tool,
+    fresh_dir,
+    line_logger,
+    password_for,
+    settings_from,
+    write_option_file,
+)
+
+WORK_PREFIX = "xtrabackup-"  # <state_dir>/xtrabackup-<operation>: --target-dir and the password file
+
+
+@dataclass(frozen=True)
+class _BackupRun:
+    settings: Settings
+    tool: str
+    layout: Layout
+    codec: Codec
+    work: Path
+    estimate: int  # bytes expected in the stream, for progress
+    replica: bool
+
+
+class XtrabackupEngine:
+    name = "xtrabackup"
+
+    async def backup(self, ctx: BackupContext) -> BackupOutcome:
+        tablet, op = ctx.tablet, ctx.op
+        config = tablet.config
+        settings = settings_from(config)
+        codec = codec_for_config(config)
+        info = await tablet.mysqld.server_info()
+        status = await replication.replication_status(tablet.client, info.flavor)
+        snap = await replication.snapshot(tablet.client, info.flavor)
+        files = await in_thread(find_files_to_backup, tablet.mycnf, (tablet.state_dir,))
+        run = _BackupRun(
+            settings=settings,
+            tool=find_tool(config.xtrabackup_binary, config.xtrabackup_root_path, "backup"),
+            layout=Layout(
+                file_name=f"backup.{settings.stream_mode}{codec.extension}",
+                stream_mode=settings.stream_mode,
+                stripes=settings.stripes,
+                block_size=settings.stripe_block_size,
+            ),
+            codec=codec,
+            work=tablet.state_dir / f"{WORK_PREFIX}{op.id}",
+            estimate=sum(f.size for f in files),
+            replica=status.configured,
+        )
+        # The record lets the next agent start put replication back if this one dies mid-backup.
+        await in_thread(write_offline_record, tablet.state_dir, _crash_record(ctx, snap))
+        try:
+            output, stored = await self._stream(ctx, run)
+        finally:
+            await complete(_put_replication_back(tablet, info.flavor, snap, op))
+            await complete(in_thread(shutil.rmtree, run.work, True))
+        flavor = Flavor(info.flavor.value)
+        position = _position(output, flavor)
+        op.info(f"xtrabackup reported binlog {output.binlog_file}:{output.binlog_pos}, position {position}")
+        objects = [
+            StoredObject(
+                Name=n, Size=s.size, StoredSize=s.stored_size, Crc32=s.crc32_hex, Sha256=s.sha256_hex
+            )
+            for n, s in zip(run.layout.object_names, stored, strict=True)
+        ]
+        return BackupOutcome(
+            position=position,
+            purged_position=f"{flavor}/" + await replication.purged_gtids(tablet.client, info.flavor),
+            server_uuid=info.server_uuid,
+            mysql_version=info.version,
+            manifest_fields={
+                **manifest_compression_fields(config),
+                "FileName": run.layout.file_name,
+                "ExtraCommandLineParams": config.xtrabackup_backup_flags,
+                "StreamMode": str(run.layout.stream_mode),
+                "NumStripes": run.layout.stripes,
+                "StripeBlockSize": run.layout.block_size,
+                "TabletAgent": AgentInfo(Version=AGENT_VERSION, Objects=objects),
+            },
+        )
+
+    async def _stream(self, ctx: BackupContext, run: _BackupRun) -> tuple[ToolOutput, list[StoredFile]]:
+        tablet, op, layout = ctx.tablet, ctx.op, run.layout
+        await in_thread(_prepare_work_dir, run.work)
+        defaults_file = tablet.mycnf.path
+        password = password_for(run.settings.user, tablet.credentials, os.environ)
+        if password is not None:
+            defaults_file = run.work / "xtrabackup.cnf"
+            await in_thread(write_option_file, defaults_file, tablet.mycnf.path, password)
+        argv = backup_argv(
+            run.tool,
+            defaults_file,
+            run.work / "target",
+            run.settings,
+            socket=tablet.mycnf.socket,
+            replica=run.replica,
+        )
+        op.set_phase("streaming xtrabackup")
+        op.info(
+            f"running {format_argv(argv)} into {', '.join(layout.object_names)}"
+            + (" (a replica: its SQL thread stops while xtrabackup copies)" if run.replica else "")
+        )
+        output = ToolOutput()
+        progress = FileProgress(op, "streaming", layout.file_name, run.estimate)
+        op.add_total(run.estimate)
+        try:
+            async with spawn(
+                argv,
+                stdout=PIPE,
+                env=child_env(os.environ),
+                on_stderr_line=line_logger(op, output, "xtrabackup"),
+            ) as proc:
+                stored = await _store_stream(ctx.handle, proc, layout, run.codec, progress)
+        except ExecError as e:
+            raise FailedPrecondition(f"unable to start backup: {e}") from None
+        except ProcessError as e:
+            raise output.failure(e) from None
+        output.check_completed(proc.argv, proc.stderr_tail)
+        return output, stored
+
+    def stored_objects(self, manifest: Manifest) -> list[str]:
+        layout = layout_of(manifest)
+        object_records(manifest, layout)
+        return layout.object_names
+
+    async def restore(self, ctx: RestoreContext) -> None:
+        await restore_backup(ctx)
+
+
+def _prepare_work_dir(work: Path) -> None:
+    """A fresh work directory; earlier ones were left by a crash (and may hold a password file)."""
+    for stale in work.parent.glob(f"{WORK_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    fresh_dir(work, "target")
+
+
+def _crash_record(ctx: BackupContext, snap: replication.ReplicationSnapshot) -> OfflineRecord:
+    return OfflineRecord(
+        operation_id=ctx.op.id,
+        backup_directory=ctx.handle.directory,
+        backup_name=ctx.handle.name,
+        io_running=snap.io_running,
+        sql_running=snap.sql_running,
+        read_only=snap.read_only.read_only,
+        super_read_only=snap.read_only.super_read_only,
+    )
+
+
+def _position(output: ToolOutput, flavor: Flavor) -> str:
+    if output.gtids is None:
+        raise AgentError(
+            'couldn\'t find replication position in xtrabackup stderr output (no "GTID of the last change" '
+            "line): enable log_bin (and GTIDs) on this server so backups have a position"
+        )
+    try:
+        return str(parse_position(output.gtids, default_flavor=flavor))
+    except InvalidArgument as e:
+        raise AgentError(f"xtrabackup reported a position this agent cannot read: {e}") from None
+
+
+async def _store_stream(
+    handle: BackupHandle, proc: Process, layout: Layout, codec: Codec, progress: FileProgress
+) -> list[StoredFile]:
+    source = stream_chunks(proc.stdout)
+    writers = [await handle.add_file(name) for name in layout.object_names]
+    if layout.stripes == 0:
+        return [await store(source, writers[0], codec, on_progress=progress)]
+    return await store_striped(source, writers, codec, block_size=layout.block_size, on_progress=progress)
+
+
+async def _put_replication_back(
+    tablet: Tablet, flavor: ServerFlavor, snap: replication.ReplicationSnapshot, op: Operation
+) -> None:
+    """Start the replication threads that ran before the backup and are stopped now; never raises."""
+    try:
+        status = await replication.replication_status(tablet.client, flavor)
+        io = snap.io_running and not status.io_started
+        sql = snap.sql_running and not status.sql_running
+        if io or sql:
+            threads = " and ".join(name for name, stopped in (("IO", io), ("SQL", sql)) if stopped)
+            op.warning(
+                f"the replica's {threads} thread was left stopped (xtrabackup's --safe-slave-backup does not "
+                "restart it when the tool dies): starting it again"
+            )
+            await replication.start_replication(tablet.client, flavor, io=io, sql=sql)
+        await in_thread(clear_offline_record, tablet.state_dir)
+    except AgentError as e:
+        op.warning(
+            f"could not check replication after xtrabackup: {e}; the agent repairs it at its next start"
+        )

@@ -1,0 +1,176 @@
+"""Restoring an xtrabackup backup into the tablet's emptied, stopped datadir.
+
+The stored objects are decompressed and verified (stripes reassembled in order) and piped into
+`xbstream -x` (parallel extraction) in a directory inside the datadir, so `--move-back` renames files
+on one filesystem instead of copying them; `--prepare` applies the redo log in between. The
+extracted `xtrabackup_binlog_info` must agree with the MANIFEST's position, which the caller sets as
+the GTID state. Finally the files get the datadir's owner (the mysqld user).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from agent.compression import Codec
+from agent.errors import DataLoss, FailedPrecondition, InvalidArgument
+from agent.manifest import Manifest, StoredObject
+from agent.mysql.gtid import parse_position
+from agent.mysql.mycnf import MyCnf
+from agent.operations import Operation
+from agent.pipeline import DecodedStream, unstripe
+from agent.procs import PIPE, ExecError, ProcessError, complete, format_argv, in_thread, run, spawn
+from engines.base import RestoreContext
+from engines.codecs import codec_for_manifest
+from engines.progress import FileProgress
+from engines.xtrabackup_layout import Layout, layout_of, object_records
+from engines.xtrabackup_tool import (
+    ToolOutput,
+    child_env,
+    extract_argv,
+    find_tools,
+    fresh_dir,
+    line_logger,
+    move_back_argv,
+    parse_binlog_info,
+    prepare_argv,
+    split_flags,
+)
+
+RESTORE_DIR = ".tablet-agent-restore"  # inside the datadir: same filesystem, so --move-back renames
+
+
+async def restore_backup(ctx: RestoreContext) -> None:
+    tablet, op, manifest = ctx.tablet, ctx.op, ctx.manifest
+    config = tablet.config
+    layout = layout_of(manifest)
+    records = object_records(manifest, layout)
+    codec = codec_for_manifest(manifest, config)
+    tools = find_tools(config, layout.stream_mode)
+    restore_flags = split_flags("--xbstream_restore_flags", config.xbstream_restore_flags)
+    prepare_flags = split_flags("--xtrabackup_prepare_flags", config.xtrabackup_prepare_flags)
+    work = tablet.mycnf.datadir / RESTORE_DIR
+    await in_thread(fresh_dir, work)
+    try:
+        op.set_phase("extracting the backup stream")
+        await _extract(
+            ctx,
+            layout,
+            records,
+            codec,
+            extract_argv(tools, layout.stream_mode, work, restore_flags, ctx.concurrency),
+        )
+        await in_thread(check_binlog_info, work, manifest, op)
+        op.set_phase("preparing the backup (applying the redo log)")
+        await _run_tool(op, prepare_argv(tools.xtrabackup, tablet.mycnf.path, work, prepare_flags))
+        op.set_phase("moving the files into the datadir")
+        await _run_tool(op, move_back_argv(tools.xtrabackup, tablet.mycnf.path, work))
+    finally:
+        await complete(in_thread(shutil.rmtree, work, True))
+    await in_thread(fix_ownership, tablet.mycnf, tablet.state_dir)
+
+
+async def _extract(
+    ctx: RestoreContext,
+    layout: Layout,
+    records: dict[str, StoredObject | None],
+    codec: Codec,
+    argv: list[str],
+) -> None:
+    op, handle = ctx.op, ctx.handle
+    names = layout.object_names
+    sizes = await asyncio.gather(*(handle.file_size(n) for n in names))
+    total = sum((r.size if (r := records[n]) else s) or 0 for n, s in zip(names, sizes, strict=True))
+    op.add_total(total)
+    progress = FileProgress(op, "restoring", layout.file_name, total)
+    streams = [
+        DecodedStream(
+            handle.read_file(n),
+            codec,
+            expected_crc32_hex=r.crc32 if (r := records[n]) else None,
+            expected_sha256_hex=r.sha256 if r else None,
+            name=n,
+        )
+        for n in names
+    ]
+    source: AsyncIterator[bytes] = streams[0] if layout.stripes == 0 else unstripe(streams, layout.block_size)
+    output = ToolOutput()
+    op.info(f"running {format_argv(argv)}")
+    try:
+        async with spawn(
+            argv, stdin=PIPE, env=child_env(os.environ), on_stderr_line=line_logger(op, output, "xbstream")
+        ) as proc:
+            failure: ProcessError | None = None
+            async for chunk in source:
+                progress(len(chunk))
+                if failure is None:
+                    try:
+                        await proc.write(chunk)
+                    except ProcessError as e:
+                        failure = e  # keep reading: a hash mismatch explains a broken stream best
+            if failure is not None:
+                raise failure
+    except ExecError as e:
+        raise FailedPrecondition(f"unable to start restore: {e}") from None
+    finally:
+        for stream in streams:
+            await stream.aclose()
+
+
+async def _run_tool(op: Operation, argv: list[str]) -> None:
+    """Run `--prepare` or `--move-back` to the end; it must exit 0 and say it completed."""
+    output = ToolOutput()
+    op.info(f"running {format_argv(argv)}")
+    try:
+        result = await run(
+            argv, env=child_env(os.environ), on_stderr_line=line_logger(op, output, "xtrabackup")
+        )
+    except ExecError as e:
+        raise FailedPrecondition(f"unable to start restore: {e}") from None
+    except ProcessError as e:
+        raise output.failure(e) from None
+    output.check_completed(result.argv, result.stderr_tail)
+
+
+def check_binlog_info(work: Path, manifest: Manifest, op: Operation) -> None:
+    """The extracted backup's own position must be the MANIFEST's: the GTID state is set from it."""
+    path = work / "xtrabackup_binlog_info"
+    if not path.is_file() or not manifest.position:
+        return
+    binlog, offset, gtids = parse_binlog_info(path.read_text(errors="replace"))
+    op.info(f"the backup's xtrabackup_binlog_info: {binlog}:{offset} {gtids}")
+    if not gtids:
+        return
+    try:
+        want = parse_position(manifest.position)
+        got = parse_position(gtids, default_flavor=want.flavor)
+    except InvalidArgument as e:
+        op.warning(f"cannot compare xtrabackup_binlog_info with the MANIFEST's position: {e}")
+        return
+    if str(got) != str(want):
+        raise DataLoss(
+            f"backup {manifest.backup_name}: its xtrabackup_binlog_info says position {got} but its MANIFEST "
+            f"says {want}; refusing to restore a backup whose position is uncertain"
+        )
+
+
+def fix_ownership(cnf: MyCnf, state_dir: Path) -> None:
+    """Give the restored files the owner of the directory they are in (the mysqld user)."""
+    if os.geteuid() != 0:
+        return  # the files already belong to the agent's user, which then is the mysqld user
+    skip = state_dir.resolve()
+    roots = {cnf.datadir, cnf.innodb_data_home_dir, cnf.innodb_log_group_home_dir, cnf.innodb_undo_directory}
+    for root in roots:
+        if root == Path("/") or not root.is_dir():
+            continue  # "/": innodb_data_home_dir left empty, data files at absolute paths
+        st = root.stat()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d).resolve() != skip]
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                entry = os.lstat(path)
+                if (entry.st_uid, entry.st_gid) != (st.st_uid, st.st_gid):
+                    os.lchown(path, st.st_uid, st.st_gid)
