@@ -148,12 +148,14 @@ class Operation:
         seen = 0
         while True:
             wakeup = self._wakeup
-            base = self._dropped
-            start = max(seen, base)
-            for event in list(itertools.islice(self._events, start - base, None)):
+            start = max(seen, self._dropped)
+            batch = list(itertools.islice(self._events, start - self._dropped, None))
+            for event in batch:
                 yield event
-            seen = base + len(self._events)
-            if self.done and seen == self._dropped + len(self._events):
+            seen = start + len(batch)
+            if seen < self._dropped + len(self._events):
+                continue  # more arrived while the watcher was reading
+            if self.done:
                 return
             await wakeup.wait()
 
