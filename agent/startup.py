@@ -15,13 +15,13 @@ log = get_logger("agent.startup")
 
 
 async def repair_offline_backup(tablet: Tablet) -> bool:
-    """An offline backup was interrupted by a crash: start mysqld, put replication and read-only state
+    """A backup was interrupted by a crash: start mysqld, put replication and read-only state
     back as recorded, and remove the partial backup. Returns True when there was something to repair."""
     record = await in_thread(read_offline_record, tablet.state_dir)
     if record is None:
         return False
     log.warning(
-        "repairing an interrupted offline backup", operation=record.operation_id, backup=record.backup_name
+        "repairing an interrupted backup", operation=record.operation_id, backup=record.backup_name
     )
     if not await tablet.mysqld.is_running():
         await tablet.mysqld.start(tablet.config.mysqld_start_timeout)
