@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
@@ -49,6 +51,11 @@ def make_parser() -> CtlParser:
     p = CtlParser(prog="tabletctl", description="Client for tablet-agent.")
     p.add_argument("--server", default="127.0.0.1:16002", help="agent address HOST:PORT")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for unary calls")
+    p.add_argument(
+        "--tls_ca", "--tls-ca", type=Path, help="CA that signed the agent's certificate (enables TLS)"
+    )
+    p.add_argument("--tls_cert", "--tls-cert", type=Path, help="client certificate for mTLS")
+    p.add_argument("--tls_key", "--tls-key", type=Path, help="client key for mTLS")
     sub = p.add_subparsers(dest="command", required=True, parser_class=CtlParser)
     ping = sub.add_parser("ping", help="check the agent answers")
     ping.add_argument("--payload", default="ping")
@@ -96,8 +103,38 @@ async def _events(
         yield msg.event
 
 
+class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+    """Sends `authorization: Bearer <TABLETCTL_TOKEN>` with every call (tokens never go on the command line)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = tuple(details.metadata or ()) + self._metadata
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+def open_channel(args: argparse.Namespace, interceptors: list[Any] | None) -> grpc.aio.Channel:
+    if args.tls_ca is None:
+        return grpc.aio.insecure_channel(args.server, interceptors=interceptors)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=args.tls_ca.read_bytes(),
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+    )
+    return grpc.aio.secure_channel(args.server, creds, interceptors=interceptors)
+
+
 async def run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.server) as channel:
+    token = os.environ.get("TABLETCTL_TOKEN", "")
+    interceptors = [BearerToken(token)] if token else None
+    async with open_channel(args, interceptors) as channel:
         stub = tabletmanagerservice_pb2_grpc.TabletManagerStub(channel)
         cmd = args.command
         if cmd == "ping":

@@ -141,3 +141,37 @@ def test_plaintext_on_a_non_loopback_address_is_refused(
     agent = agent_factory(replica, extra=["--grpc_bind_address", "0.0.0.0"], start=False)
     with pytest.raises(RuntimeError, match="is not a loopback address"):
         agent.start(timeout=20)
+
+
+def test_tabletctl_speaks_mtls_and_sends_tokens(
+    replica: Sandbox, agent_factory: AgentFactory, pki: CertificateAuthority, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.agent_process import REPO
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin ops ctl-token\n")
+    tokens.chmod(0o600)
+    server_cert, server_key = pki.issue("tablet-102", server=True)
+    client = pki.issue("controller")
+    agent = agent_factory(
+        replica,
+        extra=["--grpc_cert", str(server_cert), "--grpc_key", str(server_key), "--grpc_ca", str(pki.path),
+               "--grpc_auth_token_file", str(tokens)],
+        start=False,
+    )  # fmt: skip
+    agent.start(
+        probe=secure_ping(agent.address, pki.path, *client, metadata=(("authorization", "Bearer ctl-token"),))
+    )
+    ctl = [sys.executable, "-m", "agent.ctl.main", "--server", agent.address, "--tls-ca", str(pki.path),
+           "--tls-cert", str(client[0]), "--tls-key", str(client[1]), "status"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ok = subprocess.run(
+        ctl, capture_output=True, text=True, timeout=60, env={**env, "TABLETCTL_TOKEN": "ctl-token"}
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "zone1-0000000102" in ok.stdout
+    denied = subprocess.run(ctl, capture_output=True, text=True, timeout=60, env=env)
+    assert denied.returncode != 0 and "PERMISSION_DENIED" in denied.stderr
