@@ -113,6 +113,12 @@ async def _extract(
                         failure = e  # keep reading: a hash mismatch explains a broken stream best
             if failure is not None:
                 raise failure
+        # xbstream/mbstream skip entries named outside the target ("invalid filename") and still exit 0.
+        if output.refused_names:
+            raise DataLoss(
+                f"backup stream names files outside the restore directory ({', '.join(output.refused_names[:3])}): "
+                "refusing a forged or corrupt backup"
+            )
     except ExecError as e:
         raise FailedPrecondition(f"unable to start restore: {e}") from None
     finally:

@@ -295,6 +295,7 @@ class ToolOutput:
         self.binlog_pos: int | None = None
         self.problems: list[tuple[str, str]] = []  # (the line, the hint)
         self._open_gtids: list[str] | None = None
+        self.refused_names: list[str] = []  # xbstream: entries outside the target directory
 
     def feed(self, line: str) -> None:
         if self._open_gtids is not None:
@@ -304,6 +305,8 @@ class ToolOutput:
             self._take_gtids(line.split(_GTID_START, 1)[1])
         if m := _BINLOG_FILE.search(line):
             self.binlog_file, self.binlog_pos = m.group(1), int(m.group(2))
+        if "invalid filename " in line:
+            self.refused_names.append(line.split("invalid filename ", 1)[1].strip())
         if line.rstrip().endswith(COMPLETED):
             self.completed = True
         for pattern, hint in _PROBLEMS:

@@ -73,3 +73,32 @@ def test_huge_entry_count_is_rejected(
     err = rpc_error(restore, agent_factory(replica))
     assert "none are complete" in (err.details() or "")
     assert replica.is_answering()
+
+
+def test_forged_xbstream_with_paths_outside_the_target_is_refused(
+    replica: Sandbox, agent_factory: AgentFactory, storage_root: Path, tmp_path: Path
+) -> None:
+    """mbstream skips `../` and absolute names with only a warning; the restore must fail on them."""
+    import subprocess
+
+    work = tmp_path / "forge" / "a" / "b"
+    work.mkdir(parents=True)
+    (tmp_path / "forge" / "evil.txt").write_text("owned\n")
+    stream = subprocess.run(
+        ["mbstream", "-c", "../../evil.txt"], cwd=work, capture_output=True, check=True
+    ).stdout
+    d = storage_root / "ks" / "0" / "2026-01-01.000000.zone1-0000000668"
+    d.mkdir(parents=True)
+    (d / "backup.xbstream").write_bytes(stream)
+    manifest = {"BackupName": d.name, "BackupMethod": "xtrabackup", "Position": "MariaDB/0-1-1",
+                "BackupTime": "2026-01-01T00:00:00Z", "Keyspace": "ks", "Shard": "0", "FileName": "backup.xbstream",
+                "StreamMode": "xbstream", "NumStripes": 0, "StripeBlockSize": 102400, "SkipCompress": True,
+                "CompressionEngine": ""}  # fmt: skip
+    (d / "MANIFEST").write_text(json.dumps(manifest))
+    replica.sql("SET GLOBAL read_only=1")
+    agent = agent_factory(replica)
+    err = rpc_error(restore, agent)
+    assert "outside the restore directory" in (err.details() or ""), err.details()
+    assert (
+        not (replica.root / "evil.txt").exists() and not (replica.datadir.parent.parent / "evil.txt").exists()
+    )
