@@ -20,9 +20,7 @@ async def repair_offline_backup(tablet: Tablet) -> bool:
     record = await in_thread(read_offline_record, tablet.state_dir)
     if record is None:
         return False
-    log.warning(
-        "repairing an interrupted backup", operation=record.operation_id, backup=record.backup_name
-    )
+    log.warning("repairing an interrupted backup", operation=record.operation_id, backup=record.backup_name)
     if not await tablet.mysqld.is_running():
         await tablet.mysqld.start(tablet.config.mysqld_start_timeout)
     info = await tablet.mysqld.server_info()
