@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent import convert
+from agent.config import is_loopback
 from agent.operations import Result
 from agent.pb import agentdata_pb2, topodata_pb2
 from agent.status import MysqldState, mysqld_state
@@ -44,6 +45,8 @@ async def build_status(tablet: Tablet, finished_limit: int) -> agentdata_pb2.Sta
     )
     if last_backup is not None and last_backup.result is Result.FAILED:
         problems.append("last backup failed")
+    if config.grpc_cert is None and not is_loopback(config.grpc_bind_address):
+        problems.append(f"INSECURE: plaintext gRPC on {config.grpc_bind_address} (--grpc_insecure)")
     current = tablet.runner.current
     return agentdata_pb2.StatusResponse(
         tablet_alias=tablet.alias,

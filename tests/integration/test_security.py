@@ -175,3 +175,11 @@ def test_tabletctl_speaks_mtls_and_sends_tokens(
     assert "zone1-0000000102" in ok.stdout
     denied = subprocess.run(ctl, capture_output=True, text=True, timeout=60, env=env)
     assert denied.returncode != 0 and "PERMISSION_DENIED" in denied.stderr
+
+
+def test_an_insecure_listener_is_flagged_in_status(replica: Sandbox, agent_factory: AgentFactory) -> None:
+    agent = agent_factory(replica, extra=["--grpc_bind_address", "0.0.0.0", "--grpc_insecure"])
+    with agent.channel() as ch:
+        status = agent.stub(ch).Status(agentdata_pb2.StatusRequest(), timeout=5)
+    assert any("INSECURE" in p for p in status.health_problems)
+    assert "INSECURE" in agent.log()
