@@ -33,6 +33,7 @@ import grpc
 
 from agent.compression import PIECE, Buffer, Codec, CorruptData, ExternalCodec, InProcessCodec
 from agent.errors import AgentError, DataLoss
+from agent.fileio import read_chunks
 from agent.procs import PIPE, ProcessError, complete, in_thread, run_concurrently, spawn
 
 if TYPE_CHECKING:
@@ -64,28 +65,8 @@ def local_error(action: str, path: Path, e: OSError) -> AgentError:
 
 async def file_chunks(path: Path, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
     """A local file's bytes, read in threads."""
-
-    def open_() -> int:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise local_error("cannot open", path, e) from e
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        return fd
-
-    def read(fd: int) -> bytes:
-        try:
-            return os.read(fd, chunk_size)
-        except OSError as e:
-            raise local_error("cannot read", path, e) from e
-
-    fd = await in_thread(open_)
-    try:
-        while data := await in_thread(read, fd):
-            yield data
-    finally:
-        os.close(fd)
+    async for data in read_chunks(path, chunk_size, lambda action, e: local_error(action, path, e)):
+        yield data
 
 
 async def stream_chunks(reader: asyncio.StreamReader, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:

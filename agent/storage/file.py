@@ -19,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from agent.errors import FailedPrecondition, NotFound, StorageError
+from agent.fileio import read_chunks
 from agent.procs import in_thread
 from agent.storage.base import (
     BackupHandle,
@@ -248,30 +249,14 @@ class _FileBackupHandle:
     async def read_file(self, filename: str) -> AsyncIterator[bytes]:
         path = self._path / validate_object_name(filename)
 
-        def open_() -> int:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except FileNotFoundError:
+        def error(action: str, e: OSError) -> Exception:
+            if isinstance(e, FileNotFoundError):
                 where = f"backup {self._directory}/{self._name} ({self._storage.describe()})"
-                raise NotFound(f"{filename} not found in {where}") from None
-            except OSError as e:
-                raise storage_error("cannot open", path, e) from e
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            return fd
+                return NotFound(f"{filename} not found in {where}")
+            return storage_error(action, path, e)
 
-        def read(fd: int) -> bytes:
-            try:
-                return os.read(fd, READ_CHUNK)
-            except OSError as e:
-                raise storage_error("cannot read", path, e) from e
-
-        fd = await in_thread(open_)
-        try:
-            while data := await in_thread(read, fd):
-                yield data
-        finally:
-            os.close(fd)
+        async for data in read_chunks(path, READ_CHUNK, error, follow_symlinks=False):
+            yield data
 
     async def file_size(self, filename: str) -> int | None:
         path = self._path / validate_object_name(filename)
