@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from agent.compression import Codec
 from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
+from agent.localfiles import fsync_path
 from agent.manifest import FileEntry, Manifest
 from agent.mysql import replication
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
-from agent.pipeline import file_chunks, restore, store
+from agent.pipeline import Workers, file_chunks, restore, store
 from agent.procs import for_each, in_thread
 from agent.tablet import Tablet
 from engines.base import BackupContext, BackupOutcome, RestoreContext
@@ -100,19 +102,24 @@ class BuiltinEngine:
             f"copying {len(files)} files ({total / 2**20:.1f} MiB) with concurrency {ctx.params.concurrency}"
         )
         entries: list[FileEntry | None] = [None] * len(files)
+        codec = codec_for_config(ctx.tablet.config)
+        # One set of compression threads for all files: the CPUs stay busy to the end of the
+        # biggest file, and memory does not grow with the concurrency.
+        async with Workers() as workers:
 
-        async def copy(i: int, f: DataFile) -> None:
-            entries[i] = await self._copy_one(ctx, i, f)
+            async def copy(i: int, f: DataFile) -> None:
+                entries[i] = await self._copy_one(ctx, codec, workers, i, f)
 
-        await for_each(files, copy, ctx.params.concurrency)
+            await for_each(files, copy, ctx.params.concurrency)
         return [e for e in entries if e is not None]
 
-    async def _copy_one(self, ctx: BackupContext, index: int, f: DataFile) -> FileEntry:
-        codec = codec_for_config(ctx.tablet.config)
+    async def _copy_one(
+        self, ctx: BackupContext, codec: Codec, workers: Workers, index: int, f: DataFile
+    ) -> FileEntry:
         writer = await ctx.handle.add_file(str(index), f.size)
         progress = FileProgress(ctx.op, "backing up", f.name, f.size)
         try:
-            stored = await store(file_chunks(f.path), writer, codec, on_progress=progress)
+            stored = await store(file_chunks(f.path), writer, codec, on_progress=progress, workers=workers)
         except BaseException:
             await writer.abort()
             raise
@@ -151,10 +158,22 @@ class BuiltinEngine:
                 expected_sha256_hex=fe.sha256,
                 name=fe.name,
                 on_progress=progress,
+                sync=False,
+                workers=workers,
             )
 
-        await for_each(order, restore_one, ctx.concurrency)
+        async with Workers() as workers:  # buffers shared by the files
+            await for_each(order, restore_one, ctx.concurrency)
+        # fsync'd together at the end rather than one by one: the journal commits of many small
+        # files are shared, and big files were written back while being restored.
+        ctx.op.info(f"syncing {len(targets)} restored files to disk")
+        directories = sorted({d for t in targets for d in (t.parent, t.parent.parent)})
+        await for_each([*targets, *directories], _fsync, ctx.concurrency)
 
 
 def _make_parent(dest: Path) -> None:
     dest.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+
+
+async def _fsync(_: int, path: Path) -> None:
+    await in_thread(fsync_path, path)

@@ -3,7 +3,8 @@
 Durability: an object is written under a temporary name (`.<filename>.tmp-<random>`), fsync'd,
 renamed to its final name, and the directory fsync'd; new directories are fsync'd into their
 parents. Directories are created 0o750 and files 0o640 (backups hold table data: never
-world-readable). Blocking I/O runs in threads, batched in ~1 MiB writes and 4 MiB reads.
+world-readable). Blocking I/O runs in threads, batched in ~1 MiB writes and 1 MiB reads; objects
+pass through the page cache in a bounded window (`CacheWindow`), written back as they are written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from agent.errors import FailedPrecondition, NotFound, StorageError
-from agent.fileio import read_chunks
+from agent.localfiles import CacheWindow, FileChunks
 from agent.procs import in_thread
 from agent.storage.base import (
     BackupHandle,
@@ -32,7 +33,7 @@ from agent.storage.base import (
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 WRITE_BUFFER = 1 << 20
-READ_CHUNK = 4 << 20
+READ_CHUNK = 1 << 20
 
 _HINTS: Mapping[int, str] = MappingProxyType(
     {
@@ -246,7 +247,7 @@ class _FileBackupHandle:
         if not kept:
             self._used.discard(filename)
 
-    async def read_file(self, filename: str) -> AsyncIterator[bytes]:
+    def read_file(self, filename: str) -> AsyncIterator[bytes]:
         path = self._path / validate_object_name(filename)
 
         def error(action: str, e: OSError) -> Exception:
@@ -255,8 +256,8 @@ class _FileBackupHandle:
                 return NotFound(f"{filename} not found in {where}")
             return storage_error(action, path, e)
 
-        async for data in read_chunks(path, READ_CHUNK, error, follow_symlinks=False):
-            yield data
+        # A FileChunks: the pipeline reads it into its own reused buffers.
+        return FileChunks(path, READ_CHUNK, error, follow_symlinks=False)
 
     async def file_size(self, filename: str) -> int | None:
         path = self._path / validate_object_name(filename)
@@ -324,6 +325,7 @@ class _FileWriter:
         self._tmp = tmp
         self._fd = fd
         self._buf = bytearray()
+        self._cache = CacheWindow()
         self._state = "open"  # open -> closed | failed | aborted
         self._lock = asyncio.Lock()
 
@@ -375,6 +377,7 @@ class _FileWriter:
             _write_all(self._fd, data)
         except OSError as e:
             raise storage_error("cannot write", self._tmp, e) from e
+        self._cache.advance(self._fd, len(data))
 
     def _commit(self, rest: bytes | bytearray | memoryview) -> None:
         try:
