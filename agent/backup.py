@@ -22,6 +22,8 @@ from agent.tablet_type import effective_tablet_type
 from engines import engine_for_backup
 from engines.base import BackupContext, Engine
 
+NAME_ATTEMPTS = 3
+
 
 async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
     """Check the request against the tablet, then start the backup as an operation."""
@@ -43,17 +45,14 @@ async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
 async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: Operation) -> None:
     config = tablet.config
     directory = tablet.backup_directory
-    started = datetime.now(UTC)
-    name = backup_name(started, tablet.alias)
+    started, name, handle = await _new_backup(tablet)
     op.backup_name = name
-    handle = await tablet.storage.start_backup(directory, name)
     op.info(f"starting {engine.name} backup {directory}/{name} to {tablet.storage.describe()}")
     try:
         outcome = await engine.backup(BackupContext(tablet=tablet, params=params, op=op, handle=handle))
         op.set_phase("writing MANIFEST")
         manifest = Manifest(
             BackupName=name,
-            BackupMethod=engine.name,
             Position=outcome.position,
             PurgedPosition=outcome.purged_position,
             BackupTime=format_time(started),
@@ -65,8 +64,13 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
             Shard=config.init_shard,
             MySQLVersion=outcome.mysql_version,
             UpgradeSafe=params.upgrade_safe,
-            # an engine may bring its own TabletAgent (xtrabackup: per-object hashes)
-            **{"TabletAgent": AgentInfo(Version=AGENT_VERSION), **outcome.manifest_fields},
+            # an engine may bring its own TabletAgent (xtrabackup: per-object hashes) or BackupMethod
+            # (incrementals say builtin, as Vitess writes them)
+            **{
+                "BackupMethod": engine.name,
+                "TabletAgent": AgentInfo(Version=AGENT_VERSION),
+                **outcome.manifest_fields,
+            },
         )
         await write_manifest(handle, manifest)
         await handle.end()
@@ -74,6 +78,22 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
         await _abort(handle, op, error)
         raise
     op.info(f"backup {directory}/{name} is complete at position {outcome.position}")
+
+
+async def _new_backup(tablet: Tablet) -> tuple[datetime, str, BackupHandle]:
+    """A new backup named after the current second. Names have second resolution and are never reused:
+    when the previous backup (an incremental takes well under a second) holds this second's name, the
+    next second's is used."""
+    for attempt in range(NAME_ATTEMPTS):
+        started = datetime.now(UTC)
+        name = backup_name(started, tablet.alias)
+        try:
+            return started, name, await tablet.storage.start_backup(tablet.backup_directory, name)
+        except FailedPrecondition:
+            if attempt == NAME_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(1.0 - started.microsecond / 1e6 + 0.01)
+    raise AssertionError("unreachable")
 
 
 async def _abort(handle: BackupHandle, op: Operation, error: BaseException) -> None:

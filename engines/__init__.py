@@ -10,6 +10,7 @@ from agent.errors import DataLoss, Unimplemented
 from agent.manifest import Manifest
 from agent.requests import BackupParams
 from engines.base import Engine
+from engines.binlog import BinlogEngine
 from engines.builtin import BuiltinEngine
 from engines.xtrabackup import XtrabackupEngine
 
@@ -20,7 +21,7 @@ ENGINES: Mapping[str, Callable[[], Engine]] = MappingProxyType(
 
 def engine_for_backup(params: BackupParams) -> Engine:
     if params.incremental:
-        raise Unimplemented("incremental backups are not available yet")
+        return BinlogEngine()  # whatever the full backup engine
     factory = ENGINES.get(params.engine.value)
     if factory is None:
         raise Unimplemented(f"backup engine {params.engine.value!r} is not available yet")
@@ -28,6 +29,8 @@ def engine_for_backup(params: BackupParams) -> Engine:
 
 
 def engine_for_manifest(manifest: Manifest) -> Engine:
+    if manifest.incremental:
+        return BinlogEngine()
     factory = ENGINES.get(manifest.engine)
     if factory is None:
         raise DataLoss(

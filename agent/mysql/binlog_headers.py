@@ -117,18 +117,19 @@ class BinlogHeader:
     checksum: bool
 
 
-def read_binlog_header(path: Path, verify_crc: bool = True) -> BinlogHeader:
+def read_binlog_header(path: Path, verify_crc: bool = True, *, walk: bool = True) -> BinlogHeader:
     """Read a binlog file's leading events and walk its event headers; raises BinlogFormatError.
 
     `verify_crc` checks the checksum of the events whose bodies are read (the leading ones). An open file may
-    end in an event still being written: that reads as truncated, so prefer closed files.
+    end in an event still being written: that reads as truncated, so prefer closed files. Without `walk` only
+    the leading events are read: no timestamps, and `closed` says only that the in-use flag is cleared.
     """
     with path.open("rb") as file:
         data = file.read(len(BINLOG_MAGIC))
         if data != BINLOG_MAGIC:
             raise BinlogFormatError(f"{path} is not a binlog file: it does not start with magic FE 62 69 6E")
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return _BinlogReader(path, mapped, verify_crc).read()
+            return _BinlogReader(path, mapped, verify_crc).read(walk)
 
 
 class _BinlogReader:
@@ -141,7 +142,7 @@ class _BinlogReader:
         self.verify_crc = verify_crc
         self.checksum = False
 
-    def read(self) -> BinlogHeader:
+    def read(self, walk: bool = True) -> BinlogHeader:
         events = self._headers(len(BINLOG_MAGIC))
         fde = next(events, None)
         if fde is None or fde.type_code != EventType.FORMAT_DESCRIPTION:
@@ -149,7 +150,10 @@ class _BinlogReader:
         self.checksum = self._read_checksum_algorithm(fde)
         leading, first_content = self._leading_events(events)
         flavor, previous = self._gtid_state(leading, first_content)
-        first_ts, last_ts, last_type = self._walk(first_content, [fde, *leading])
+        if walk:
+            first_ts, last_ts, last_type = self._walk(first_content, [fde, *leading])
+        else:
+            first_ts, last_ts, last_type = None, None, EventType.STOP
         return BinlogHeader(
             name=self.path.name,
             path=self.path,
