@@ -42,6 +42,14 @@ class EngineName(enum.StrEnum):
     XTRABACKUP = "xtrabackup"
 
 
+class BinlogApplier(enum.StrEnum):
+    AUTO = "auto"  # replication when the MariaDB server programs are there, else pipe
+    REPLICATION = (
+        "replication"  # the server's parallel replication applier, fed by a throw-away binlog server
+    )
+    PIPE = "pipe"  # mariadb-binlog | mariadb, one session
+
+
 class LogFormat(enum.StrEnum):
     AUTO = "auto"
     JSON = "json"
@@ -127,6 +135,14 @@ class AgentConfig(BaseModel):
     )
     xbstream_binary: str = Field(
         default="xbstream", description="xbstream program name or path; default falls back to mbstream"
+    )
+
+    # point-in-time restore
+    binlog_applier: BinlogApplier = Field(
+        default=BinlogApplier.AUTO, description="how binlogs are replayed: auto, replication or pipe"
+    )
+    binlog_applier_threads: int = Field(
+        default=4, ge=1, le=256, description="parallel replication workers of the replication applier"
     )
 
     # operation

@@ -4,16 +4,22 @@ names put the files back, start mysqld and set its GTID state."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import shutil
+from pathlib import Path
 
-from agent.catalog import BackupEntry, list_backup_entries, newest_complete_full
+from agent.binlog_apply import ReplayStep, choose_applier, position_before
+from agent.catalog import list_backup_entries, newest_complete_full
 from agent.config import TabletType
 from agent.crash_state import clear_restore_sentinel, write_restore_sentinel
-from agent.errors import DataLoss, FailedPrecondition, Unimplemented
-from agent.manifest import Manifest
+from agent.errors import DataLoss, FailedPrecondition
+from agent.manifest import Manifest, format_time
 from agent.mysql import replication
-from agent.mysql.gtid import parse_position
+from agent.mysql.gtid import Flavor, Position, empty_gtid_set, parse_position
 from agent.mysql.master_info import configure_source, read_master_info
+from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Kind, Operation
+from agent.pitr_path import RestorePath, path_to_position, path_to_time
 from agent.procs import in_thread
 from agent.requests import RestoreParams
 from agent.storage.base import BackupHandle
@@ -21,6 +27,7 @@ from agent.tablet import Tablet
 from agent.tablet_type import effective_tablet_type
 from engines import engine_for_manifest
 from engines.base import RestoreContext
+from engines.binlog import BinlogEngine
 from engines.datafiles import clear_binlogs, clear_directory
 
 
@@ -31,8 +38,6 @@ async def start_restore(tablet: Tablet, params: RestoreParams) -> Operation:
             "source and is writable, or --init_tablet_type=PRIMARY). Restore onto a replica, or make this "
             "mysqld read-only / a replica first"
         )
-    if params.point_in_time:
-        raise Unimplemented("point-in-time restore is not available yet")
 
     async def work(op: Operation) -> None:
         await run_restore(tablet, params, op)
@@ -40,23 +45,26 @@ async def start_restore(tablet: Tablet, params: RestoreParams) -> Operation:
     return tablet.runner.start(Kind.RESTORE, work)
 
 
-async def choose_backup(tablet: Tablet, params: RestoreParams, op: Operation) -> BackupEntry:
+async def choose_path(tablet: Tablet, params: RestoreParams, op: Operation) -> RestorePath:
+    """The full backup to restore and, for a point in time, the incrementals to replay after it."""
     directory = tablet.backup_directory
     entries = await list_backup_entries(tablet.storage, directory)
     for entry in entries:
         if not entry.complete:
             op.warning(f"skipping incomplete backup {entry.handle.name}: {entry.problem or 'no MANIFEST'}")
-    chosen = newest_complete_full(
-        entries, before=params.backup_time, allowed_engines=params.allowed_engines or None
-    )
-    return chosen
+    allowed = params.allowed_engines or None
+    if params.restore_to_pos:
+        return path_to_position(entries, parse_position(params.restore_to_pos), allowed)
+    if params.restore_to_timestamp is not None:
+        return path_to_time(entries, params.restore_to_timestamp, allowed)
+    return RestorePath(newest_complete_full(entries, before=params.backup_time, allowed_engines=allowed), ())
 
 
 async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> None:
     config = tablet.config
     op.set_phase("choosing backup")
-    chosen = await choose_backup(tablet, params, op)
-    manifest, handle = chosen.manifest, chosen.handle
+    path = await choose_path(tablet, params, op)
+    manifest, handle = path.full.manifest, path.full.handle
     assert manifest is not None
     engine = engine_for_manifest(manifest)
     op.backup_name, op.engine = manifest.backup_name, engine.name
@@ -64,9 +72,15 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
         f"restore plan: {engine.name} backup {tablet.backup_directory}/{manifest.backup_name} taken "
         f"{manifest.backup_time} on {manifest.tablet_alias or 'unknown tablet'} at position {manifest.position}"
     )
-    await check_objects(handle, manifest, engine.stored_objects(manifest))
+    if params.point_in_time:
+        op.info(f"point-in-time restore path: {path.describe()}")
+    for entry in (path.full, *path.incrementals):
+        assert entry.manifest is not None
+        await check_objects(
+            entry.handle, entry.manifest, engine_for_manifest(entry.manifest).stored_objects(entry.manifest)
+        )
     if params.dry_run:
-        op.info("dry run: the backup's objects are all present; nothing was changed")
+        op.info("dry run: the backups' objects are all present; nothing was changed")
         return
     source = await in_thread(read_master_info, tablet.mycnf.datadir / "master.info")
     await in_thread(write_restore_sentinel, tablet.state_dir, manifest.backup_name)
@@ -85,7 +99,15 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     position = parse_position(manifest.position) if manifest.position else None
     if position is not None and not position.is_empty():
         await replication.set_gtid_state(tablet.client, info.flavor, str(position.gtids))
-    if source is not None:
+    if params.point_in_time:
+        reached = await replay_incrementals(
+            tablet,
+            op,
+            params,
+            path,
+            position or Position(_flavor(info.flavor), empty_gtid_set(_flavor(info.flavor))),
+        )
+    elif source is not None:
         await configure_source(tablet.client, source)
         op.info(f"replication source {source.host}:{source.port} configured again (not started)")
     # A restored tablet is a replica-to-be: it must not take writes until someone points it somewhere.
@@ -93,10 +115,82 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
         tablet.client, replication.ReadOnlyState(read_only=True, super_read_only=True)
     )
     await in_thread(clear_restore_sentinel, tablet.state_dir)
-    tablet.restored_to = f"backup {manifest.backup_name} at position {manifest.position}"
-    op.info(
-        f"restore complete: the tablet holds backup {manifest.backup_name} at position {manifest.position}"
-    )
+    if params.point_in_time:
+        tablet.restored_to = (
+            f"point in time {reached} (backup {manifest.backup_name} and {len(path.incrementals)} incremental(s)); "
+            "replication is not configured"
+        )
+    else:
+        tablet.restored_to = f"backup {manifest.backup_name} at position {manifest.position}"
+    op.info(f"restore complete: the tablet holds {tablet.restored_to}")
+
+
+async def replay_incrementals(
+    tablet: Tablet, op: Operation, params: RestoreParams, path: RestorePath, start: Position
+) -> Position:
+    """Restore the chain's binlogs into a work directory and replay them up to the target; the position
+    reached. Replication is left unconfigured: a point-in-time copy must not catch up with its source."""
+    workdir = tablet.state_dir / "pitr"
+    await in_thread(_fresh_dir, workdir)
+    try:
+        op.set_phase("restoring binlogs")
+        steps = []
+        binlogs = BinlogEngine()
+        for k, entry in enumerate(path.incrementals):
+            m = entry.manifest
+            assert m is not None
+            ctx = RestoreContext(
+                tablet=tablet, op=op, handle=entry.handle, manifest=m, concurrency=tablet.config.concurrency
+            )
+            files = await binlogs.restore_binlogs(ctx, workdir / f"binlogs-{k}")
+            steps.append(
+                ReplayStep(entry.name, tuple(files), parse_position(m.position, default_flavor=start.flavor))
+            )
+        if params.restore_to_timestamp is not None:
+            files = [f for step in steps for f in step.files]
+            target, _ = await in_thread(position_before, files, start, params.restore_to_timestamp)
+            op.info(
+                f"the last transaction before {format_time(params.restore_to_timestamp)} ends at position {target}"
+            )
+        else:
+            target = parse_position(params.restore_to_pos, default_flavor=start.flavor)
+        info = await tablet.mysqld.server_info()
+        applier = await choose_applier(tablet, op, info.flavor, steps)
+        op.set_phase(f"replaying binlogs ({applier.name})")
+        await applier.apply(tablet, op, start, _up_to(steps, target), workdir)
+        executed = parse_position(
+            await replication.executed_gtids(tablet.client, info.flavor), default_flavor=start.flavor
+        )
+        if not executed.contains(target) or not target.contains(executed):
+            raise DataLoss(f"the binlog replay ended at position {executed}, not at the target {target}")
+        await replication.set_gtid_state(tablet.client, info.flavor, str(target.gtids))
+        op.info(f"replayed binlogs up to {target}")
+        return target
+    finally:
+        await in_thread(shutil.rmtree, workdir, True)
+
+
+def _up_to(steps: list[ReplayStep], target: Position) -> list[ReplayStep]:
+    """The steps needed to reach `target`, the last one ending there."""
+    kept = []
+    for step in steps:
+        if target.contains(step.end):
+            kept.append(step)
+            if step.end.contains(target):
+                break
+        else:
+            kept.append(dataclasses.replace(step, end=target))
+            break
+    return kept
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700, parents=True)
+
+
+def _flavor(flavor: ServerFlavor) -> Flavor:
+    return Flavor.MARIADB if flavor is ServerFlavor.MARIADB else Flavor.MYSQL56
 
 
 async def check_objects(handle: BackupHandle, manifest: Manifest, names: list[str]) -> None:

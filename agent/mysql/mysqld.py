@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,15 +173,10 @@ class Mysqld:
         return proc
 
     def _server_program(self) -> str:
-        for name in SERVER_PROGRAMS:
-            if found := shutil.which(name):
-                return found
-        for name in SERVER_PROGRAMS:
-            if (SBIN / name).is_file():
-                return str(SBIN / name)
-        raise FailedPrecondition(
+        return find_program(
+            SERVER_PROGRAMS,
             "cannot start mysqld: neither mariadbd nor mysqld is on PATH or in /usr/sbin: "
-            "install the server or set --mysqld_start_command"
+            "install the server or set --mysqld_start_command",
         )
 
     async def _run_start_command(self, command: str, timeout: float) -> None:
@@ -246,6 +242,18 @@ class Mysqld:
         except OSError as e:
             return f"its error log {log} cannot be read: {e}"
         return f"last lines of its error log {log}:\n" + "\n".join(lines)
+
+
+def find_program(names: Sequence[str], missing: str) -> str:
+    """The first of `names` found on PATH, else in /usr/sbin (servers live there); FailedPrecondition
+    with the `missing` message otherwise."""
+    for name in names:
+        if found := shutil.which(name):
+            return found
+    for name in names:
+        if (SBIN / name).is_file():
+            return str(SBIN / name)
+    raise FailedPrecondition(missing)
 
 
 def _alive(pid: int) -> bool:

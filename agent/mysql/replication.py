@@ -145,6 +145,11 @@ async def executed_gtids(client: SqlRunner, flavor: ServerFlavor) -> str:
     return await _variable(client, "@@GLOBAL.gtid_current_pos")
 
 
+async def replica_position(client: SqlRunner) -> str:
+    """MariaDB's `@@gtid_slave_pos`: the GTIDs the replication applier has applied."""
+    return await _variable(client, "@@GLOBAL.gtid_slave_pos")
+
+
 async def purged_gtids(client: SqlRunner, flavor: ServerFlavor) -> str:
     """GTIDs no longer in the binlogs. MariaDB: the GTID state at the start of the oldest binlog
     (`BINLOG_GTID_POS(<oldest>, 4)`), empty with binlogging off. MySQL: `@@gtid_purged`."""
