@@ -1,0 +1,126 @@
+"""Choosing the full backup and the incremental chain of a point-in-time restore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from agent.catalog import BackupEntry
+from agent.errors import FailedPrecondition
+from agent.manifest import IncrementalDetails, Manifest, format_time
+from agent.mysql.gtid import parse_position
+from agent.pitr_path import path_to_position, path_to_time
+
+T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
+
+
+@dataclass
+class _Handle:
+    name: str
+    directory: str = "ks/0"
+
+
+def full(name: str, pos: str, finished: int = 0, engine: str = "builtin") -> BackupEntry:
+    m = Manifest(
+        BackupName=name,
+        BackupMethod=engine,
+        Position=f"MariaDB/{pos}",
+        BackupTime=format_time(T0 + timedelta(seconds=finished - 1)),
+        FinishedTime=format_time(T0 + timedelta(seconds=finished)),
+    )
+    return BackupEntry(_Handle(name), m, True, None)  # type: ignore[arg-type]
+
+
+def inc(name: str, frm: str, pos: str, started: int = 0, last: int | None = None) -> BackupEntry:
+    fields: dict[str, Any] = {}
+    if last is not None:
+        fields["IncrementalDetails"] = IncrementalDetails(
+            LastTimestamp=format_time(T0 + timedelta(seconds=last))
+        )
+    m = Manifest(
+        BackupName=name,
+        BackupMethod="builtin",
+        Incremental=True,
+        FromPosition=f"MariaDB/{frm}",
+        Position=f"MariaDB/{pos}",
+        BackupTime=format_time(T0 + timedelta(seconds=started)),
+        **fields,
+    )
+    return BackupEntry(_Handle(name), m, True, None)  # type: ignore[arg-type]
+
+
+def names(path: Any) -> list[str]:
+    return [path.full.name, *(e.name for e in path.incrementals)]
+
+
+ENTRIES = [
+    full("f1", "0-1-10", finished=0),
+    inc("i1", "0-1-8", "0-1-20", started=10),
+    inc("i2", "0-1-20", "0-1-30", started=20),
+    full("f2", "0-1-25", finished=25),
+    inc("i3", "0-1-25", "0-1-40", started=40),
+]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("0-1-10", ["f1"]),
+        ("0-1-15", ["f1", "i1"]),
+        ("0-1-20", ["f1", "i1"]),
+        ("0-1-21", ["f1", "i1", "i2"]),
+        ("0-1-25", ["f2"]),
+        ("0-1-26", ["f2", "i2"]),
+        ("MariaDB/0-1-40", ["f2", "i3"]),
+    ],
+)
+def test_path_to_position(target: str, expected: list[str]) -> None:
+    assert names(path_to_position(ENTRIES, parse_position(target))) == expected
+
+
+def test_no_full_before_and_no_path() -> None:
+    with pytest.raises(FailedPrecondition, match="no full backup found before MariaDB/0-1-5"):
+        path_to_position(ENTRIES, parse_position("0-1-5"))
+    with pytest.raises(FailedPrecondition, match="no path found that leads to MariaDB/0-1-41"):
+        path_to_position(ENTRIES, parse_position("0-1-41"))
+
+
+def test_incomplete_and_other_engines_are_skipped() -> None:
+    broken = BackupEntry(_Handle("i9"), None, False, "no MANIFEST")  # type: ignore[arg-type]
+    entries = [
+        full("f1", "0-1-10", engine="xtrabackup"),
+        full("f2", "0-1-12"),
+        broken,
+        inc("i1", "0-1-10", "0-1-20"),
+    ]
+    assert names(path_to_position(entries, parse_position("0-1-15"), ["xtrabackup"])) == ["f1", "i1"]
+
+
+def test_chain_prefers_the_incremental_that_goes_furthest() -> None:
+    entries = [
+        full("f", "0-1-10"),
+        inc("short", "0-1-10", "0-1-12"),
+        inc("long", "0-1-9", "0-1-18"),
+        inc("end", "0-1-18", "0-1-30"),
+    ]
+    assert names(path_to_position(entries, parse_position("0-1-25"))) == ["f", "long", "end"]
+
+
+def test_path_to_time() -> None:
+    at = lambda s: T0 + timedelta(seconds=s)  # noqa: E731
+    # f1 finished at 0: usable from 1 s on; i1 started at 10 reaches times up to 10
+    assert names(path_to_time(ENTRIES, at(5))) == ["f1", "i1"]
+    assert names(path_to_time(ENTRIES, at(15))) == ["f1", "i1", "i2"]
+    assert names(path_to_time(ENTRIES, at(30))) == ["f2", "i3"]
+    with pytest.raises(FailedPrecondition, match="no full backup found before"):
+        path_to_time(ENTRIES, at(0.5))
+    with pytest.raises(FailedPrecondition, match="no path found that leads to"):
+        path_to_time(ENTRIES, at(41))
+
+
+def test_time_reached_by_a_later_transaction_in_the_binlogs() -> None:
+    entries = [full("f", "0-1-10", finished=0), inc("i", "0-1-10", "0-1-20", started=5, last=50)]
+    assert names(path_to_time(entries, T0 + timedelta(seconds=40))) == ["f", "i"]
