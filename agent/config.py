@@ -30,6 +30,7 @@ class TabletType(enum.StrEnum):
     REPLICA = "REPLICA"
     RDONLY = "RDONLY"
     SPARE = "SPARE"
+    DRAINED = "DRAINED"  # what a point-in-time restore makes a tablet
 
 
 class StorageKind(enum.StrEnum):

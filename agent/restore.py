@@ -115,6 +115,7 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
         tablet.client, replication.ReadOnlyState(read_only=True, super_read_only=True)
     )
     await in_thread(clear_restore_sentinel, tablet.state_dir)
+    tablet.drained = params.point_in_time
     if params.point_in_time:
         tablet.restored_to = (
             f"point in time {reached} (backup {manifest.backup_name} and {len(path.incrementals)} incremental(s)); "

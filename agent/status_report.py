@@ -52,7 +52,9 @@ async def build_status(tablet: Tablet, finished_limit: int) -> agentdata_pb2.Sta
         tablet_alias=tablet.alias,
         keyspace=config.init_keyspace,
         shard=config.init_shard,
-        tablet_type=topodata_pb2.TabletType.Value(str(config.init_tablet_type)),
+        tablet_type=topodata_pb2.TabletType.Value(
+            "DRAINED" if tablet.drained else str(config.init_tablet_type)
+        ),
         agent_version=AGENT_VERSION,
         uptime_seconds=tablet.uptime,
         mysqld=_mysqld_pb(state),
@@ -61,4 +63,5 @@ async def build_status(tablet: Tablet, finished_limit: int) -> agentdata_pb2.Sta
         storage=str(config.backup_storage_implementation),
         backup_engine=str(config.backup_engine_implementation),
         health_problems=problems,
+        restored_to=tablet.restored_to,
     )

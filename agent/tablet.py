@@ -31,6 +31,7 @@ class Tablet:
     state_dir: Path
     started_monotonic: float
     restored_to: str = ""  # what the last restore brought the tablet to, for Status
+    drained: bool = False  # restored to a point in time: out of serving, as Vitess's DRAINED
 
     @classmethod
     def create(cls, config: AgentConfig, environ: dict[str, str] | None = None) -> Tablet:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from agent.convert import time_to_pb
+from agent.pb import agentdata_pb2, topodata_pb2
 from tests.conftest import SandboxFactory
 from tests.integration.conftest import AgentFactory
 from tests.integration.helpers import backup, complete_backups, manifest, restore, rpc_error
@@ -85,6 +86,10 @@ def test_pitr_to_every_position_and_time(
         assert _rows(target) == point.rows, point
         # not pointed anywhere: a point-in-time copy must not catch up with its source
         assert not target.sql("SHOW SLAVE STATUS")
+    with agent.channel() as ch:
+        status = agent.stub(ch).Status(agentdata_pb2.StatusRequest(), timeout=10)
+    assert topodata_pb2.TabletType.Name(status.tablet_type) == "DRAINED"
+    assert status.restored_to.startswith("point in time")
 
 
 def test_pitr_errors_and_dry_run(
