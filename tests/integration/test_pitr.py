@@ -144,3 +144,29 @@ def test_both_appliers_give_identical_data(
         results.append((_checksums(target), target.value("SELECT @@GLOBAL.gtid_binlog_pos")))
     assert results[0] == results[1]
     assert results[0][1] == pos
+
+
+def test_incrementals_chain_onto_an_xtrabackup_full_backup(
+    primary: Sandbox,
+    replica: Sandbox,
+    sandbox_factory: SandboxFactory,
+    agent_factory: AgentFactory,
+    storage_root,
+) -> None:
+    xtra = ["--backup_engine_implementation", "xtrabackup", "--xtrabackup_user", "root"]
+    agent = agent_factory(replica, extra=xtra)
+    replica.wait_for_gtid(primary.write_rows(30))
+    backup(agent)
+    middle = primary.write_rows(7)
+    replica.wait_for_gtid(primary.write_rows(9, table="u"))
+    backup(agent, incremental_from_pos="auto")
+    m = manifest(complete_backups(storage_root)[-1])
+    assert m["BackupMethod"] == "builtin" and m["Incremental"] is True
+    target = sandbox_factory()
+    target.make_replica_of(primary, start=False)
+    restorer = agent_factory(target, alias="zone1-0000000105", extra=xtra)
+    restore(restorer, restore_to_pos=middle)
+    assert int(target.value("SELECT COUNT(*) FROM test.t")) == 37
+    assert not target.sql("SHOW TABLES IN test LIKE 'u'")
+    restore(restorer, restore_to_pos=str(m["Position"]))
+    assert _rows(target) == (37, 9)
