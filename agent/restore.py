@@ -15,7 +15,7 @@ from agent.crash_state import clear_restore_sentinel, write_restore_sentinel
 from agent.errors import DataLoss, FailedPrecondition
 from agent.manifest import Manifest, format_time
 from agent.mysql import replication
-from agent.mysql.gtid import Flavor, Position, empty_gtid_set, parse_position
+from agent.mysql.gtid import Flavor, MariaDBGTIDSet, Position, empty_gtid_set, parse_position
 from agent.mysql.master_info import configure_source, read_master_info
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Kind, Operation
@@ -28,7 +28,7 @@ from agent.tablet_type import effective_tablet_type
 from engines import engine_for_manifest
 from engines.base import RestoreContext
 from engines.binlog import BinlogEngine
-from engines.datafiles import clear_binlogs, clear_directory
+from engines.datafiles import clear_binlogs, clear_directory, write_binlog_state
 
 
 async def start_restore(tablet: Tablet, params: RestoreParams) -> Operation:
@@ -93,10 +93,12 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     await engine.restore(
         RestoreContext(tablet=tablet, op=op, handle=handle, manifest=manifest, concurrency=config.concurrency)
     )
+    position = parse_position(manifest.position) if manifest.position else None
+    if position is not None and isinstance(position.gtids, MariaDBGTIDSet):
+        await in_thread(write_binlog_state, tablet.mycnf, position.gtids)
     op.set_phase("starting mysqld")
     await tablet.mysqld.start(config.mysqld_start_timeout)
     info = await tablet.mysqld.server_info()
-    position = parse_position(manifest.position) if manifest.position else None
     if position is not None and not position.is_empty():
         await replication.set_gtid_state(tablet.client, info.flavor, str(position.gtids))
     if params.point_in_time:

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from agent.errors import DataLoss
 from agent.manifest import FileBase as Base
+from agent.mysql.gtid import MariaDBGTIDSet
 from agent.mysql.mycnf import MyCnf
 
 # Files that describe this server instance or its runtime, never data to copy to another one.
@@ -156,3 +157,14 @@ def clear_binlogs(cnf: MyCnf) -> None:
             suffix = entry.name[len(stem) + 1 :] if entry.name.startswith(stem + ".") else ""
             if suffix in BINLOG_SIDE_FILES or suffix.isdigit():
                 entry.unlink()
+
+
+def write_binlog_state(cnf: MyCnf, gtids: MariaDBGTIDSet) -> None:
+    """Give a cleared MariaDB its binlog GTID state before it starts: `<log_bin>.state`, one GTID per line,
+    is what the server reads at start-up when it has no binlog (the same as `SET GLOBAL
+    gtid_binlog_state` afterwards, which waits up to a second for the first binlog checkpoint)."""
+    if cnf.log_bin is None:
+        return
+    path = cnf.log_bin.parent / f"{cnf.log_bin.name}.state"
+    path.write_text("".join(f"{gtid}\n" for gtid in gtids))
+    path.chmod(0o640)
