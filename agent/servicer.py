@@ -15,6 +15,7 @@ from agent import convert
 from agent.backup import start_backup
 from agent.backups_admin import list_backups, remove_backup
 from agent.errors import AgentError
+from agent.full_status import build_full_status
 from agent.log import get_logger
 from agent.operations import Operation, error_status
 from agent.pb import agentdata_pb2, tabletmanagerdata_pb2, tabletmanagerservice_pb2_grpc
@@ -80,6 +81,14 @@ class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer)
         status = error_status(op)
         if status is not None:
             await context.abort(*status)
+
+    async def FullStatus(
+        self, request: tabletmanagerdata_pb2.FullStatusRequest, context: Ctx
+    ) -> tabletmanagerdata_pb2.FullStatusResponse:
+        async def full() -> tabletmanagerdata_pb2.FullStatusResponse:
+            return tabletmanagerdata_pb2.FullStatusResponse(status=await build_full_status(self.tablet))
+
+        return await _call(context, full)
 
     async def Status(
         self, request: agentdata_pb2.StatusRequest, context: Ctx

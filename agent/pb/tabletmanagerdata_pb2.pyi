@@ -6,6 +6,7 @@ never renumber. Our own additions use numbers >= 1000.
 """
 
 from agent.pb import logutil_pb2 as _logutil_pb2
+from agent.pb import replicationdata_pb2 as _replicationdata_pb2
 from agent.pb import topodata_pb2 as _topodata_pb2
 from agent.pb import vttime_pb2 as _vttime_pb2
 from collections import abc as _abc
@@ -214,3 +215,38 @@ class RestoreFromBackupResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RestoreFromBackupResponse: _TypeAlias = RestoreFromBackupResponse  # noqa: Y015
+
+@_typing.final
+class FullStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FullStatusRequest: _TypeAlias = FullStatusRequest  # noqa: Y015
+
+@_typing.final
+class FullStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _replicationdata_pb2.FullStatus: ...
+    def __init__(
+        self,
+        *,
+        status: _replicationdata_pb2.FullStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FullStatusResponse: _TypeAlias = FullStatusResponse  # noqa: Y015

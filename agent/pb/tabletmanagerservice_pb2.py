@@ -26,7 +26,7 @@ from agent.pb import agentdata_pb2 as agent_dot_pb_dot_agentdata__pb2
 from agent.pb import tabletmanagerdata_pb2 as agent_dot_pb_dot_tabletmanagerdata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#agent/pb/tabletmanagerservice.proto\x12\x14tabletmanagerservice\x1a\x18\x61gent/pb/agentdata.proto\x1a agent/pb/tabletmanagerdata.proto2\xd0\x05\n\rTabletManager\x12I\n\x04Ping\x12\x1e.tabletmanagerdata.PingRequest\x1a\x1f.tabletmanagerdata.PingResponse\"\x00\x12Q\n\x06\x42\x61\x63kup\x12 .tabletmanagerdata.BackupRequest\x1a!.tabletmanagerdata.BackupResponse\"\x00\x30\x01\x12r\n\x11RestoreFromBackup\x12+.tabletmanagerdata.RestoreFromBackupRequest\x1a,.tabletmanagerdata.RestoreFromBackupResponse\"\x00\x30\x01\x12\x43\n\x06Status\x12\x1a.tabletagent.StatusRequest\x1a\x1b.tabletagent.StatusResponse\"\x00\x12R\n\x0bListBackups\x12\x1f.tabletagent.ListBackupsRequest\x1a .tabletagent.ListBackupsResponse\"\x00\x12U\n\x0cRemoveBackup\x12 .tabletagent.RemoveBackupRequest\x1a!.tabletagent.RemoveBackupResponse\"\x00\x12^\n\x0f\x43\x61ncelOperation\x12#.tabletagent.CancelOperationRequest\x1a$.tabletagent.CancelOperationResponse\"\x00\x12]\n\x0eWatchOperation\x12\".tabletagent.WatchOperationRequest\x1a#.tabletagent.WatchOperationResponse\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#agent/pb/tabletmanagerservice.proto\x12\x14tabletmanagerservice\x1a\x18\x61gent/pb/agentdata.proto\x1a agent/pb/tabletmanagerdata.proto2\xad\x06\n\rTabletManager\x12I\n\x04Ping\x12\x1e.tabletmanagerdata.PingRequest\x1a\x1f.tabletmanagerdata.PingResponse\"\x00\x12Q\n\x06\x42\x61\x63kup\x12 .tabletmanagerdata.BackupRequest\x1a!.tabletmanagerdata.BackupResponse\"\x00\x30\x01\x12r\n\x11RestoreFromBackup\x12+.tabletmanagerdata.RestoreFromBackupRequest\x1a,.tabletmanagerdata.RestoreFromBackupResponse\"\x00\x30\x01\x12[\n\nFullStatus\x12$.tabletmanagerdata.FullStatusRequest\x1a%.tabletmanagerdata.FullStatusResponse\"\x00\x12\x43\n\x06Status\x12\x1a.tabletagent.StatusRequest\x1a\x1b.tabletagent.StatusResponse\"\x00\x12R\n\x0bListBackups\x12\x1f.tabletagent.ListBackupsRequest\x1a .tabletagent.ListBackupsResponse\"\x00\x12U\n\x0cRemoveBackup\x12 .tabletagent.RemoveBackupRequest\x1a!.tabletagent.RemoveBackupResponse\"\x00\x12^\n\x0f\x43\x61ncelOperation\x12#.tabletagent.CancelOperationRequest\x1a$.tabletagent.CancelOperationResponse\"\x00\x12]\n\x0eWatchOperation\x12\".tabletagent.WatchOperationRequest\x1a#.tabletagent.WatchOperationResponse\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent.pb.tabletmanagerservi
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TABLETMANAGER']._serialized_start=122
-  _globals['_TABLETMANAGER']._serialized_end=842
+  _globals['_TABLETMANAGER']._serialized_end=935
 # @@protoc_insertion_point(module_scope)

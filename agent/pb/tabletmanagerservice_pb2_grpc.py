@@ -50,6 +50,11 @@ class TabletManagerStub:
                 request_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.RestoreFromBackupRequest.SerializeToString,
                 response_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.RestoreFromBackupResponse.FromString,
                 _registered_method=True)
+        self.FullStatus = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/FullStatus',
+                request_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/tabletmanagerservice.TabletManager/Status',
                 request_serializer=agent_dot_pb_dot_agentdata__pb2.StatusRequest.SerializeToString,
@@ -93,6 +98,12 @@ class TabletManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RestoreFromBackup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FullStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +157,11 @@ def add_TabletManagerServicer_to_server(servicer, server):
                     servicer.RestoreFromBackup,
                     request_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.RestoreFromBackupRequest.FromString,
                     response_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.RestoreFromBackupResponse.SerializeToString,
+            ),
+            'FullStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.FullStatus,
+                    request_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -254,6 +270,33 @@ class TabletManager:
             '/tabletmanagerservice.TabletManager/RestoreFromBackup',
             agent_dot_pb_dot_tabletmanagerdata__pb2.RestoreFromBackupRequest.SerializeToString,
             agent_dot_pb_dot_tabletmanagerdata__pb2.RestoreFromBackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FullStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/FullStatus',
+            agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusRequest.SerializeToString,
+            agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

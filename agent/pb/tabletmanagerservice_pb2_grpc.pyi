@@ -37,6 +37,7 @@ class TabletManagerStub:
     Ping: _grpc.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.PingRequest, _tabletmanagerdata_pb2.PingResponse]
     Backup: _grpc.UnaryStreamMultiCallable[_tabletmanagerdata_pb2.BackupRequest, _tabletmanagerdata_pb2.BackupResponse]
     RestoreFromBackup: _grpc.UnaryStreamMultiCallable[_tabletmanagerdata_pb2.RestoreFromBackupRequest, _tabletmanagerdata_pb2.RestoreFromBackupResponse]
+    FullStatus: _grpc.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.FullStatusRequest, _tabletmanagerdata_pb2.FullStatusResponse]
     Status: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.StatusRequest, _agentdata_pb2.StatusResponse]
     """tablet-agent's own RPCs."""
     ListBackups: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.ListBackupsRequest, _agentdata_pb2.ListBackupsResponse]
@@ -50,6 +51,7 @@ class TabletManagerAsyncStub(TabletManagerStub):
     Ping: _aio.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.PingRequest, _tabletmanagerdata_pb2.PingResponse]  # type: ignore[assignment]
     Backup: _aio.UnaryStreamMultiCallable[_tabletmanagerdata_pb2.BackupRequest, _tabletmanagerdata_pb2.BackupResponse]  # type: ignore[assignment]
     RestoreFromBackup: _aio.UnaryStreamMultiCallable[_tabletmanagerdata_pb2.RestoreFromBackupRequest, _tabletmanagerdata_pb2.RestoreFromBackupResponse]  # type: ignore[assignment]
+    FullStatus: _aio.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.FullStatusRequest, _tabletmanagerdata_pb2.FullStatusResponse]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.StatusRequest, _agentdata_pb2.StatusResponse]  # type: ignore[assignment]
     """tablet-agent's own RPCs."""
     ListBackups: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.ListBackupsRequest, _agentdata_pb2.ListBackupsResponse]  # type: ignore[assignment]
@@ -78,6 +80,13 @@ class TabletManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _tabletmanagerdata_pb2.RestoreFromBackupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_tabletmanagerdata_pb2.RestoreFromBackupResponse], _abc.AsyncIterator[_tabletmanagerdata_pb2.RestoreFromBackupResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FullStatus(
+        self,
+        request: _tabletmanagerdata_pb2.FullStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tabletmanagerdata_pb2.FullStatusResponse, _abc.Awaitable[_tabletmanagerdata_pb2.FullStatusResponse]]: ...
 
     @_abc_1.abstractmethod
     def Status(
