@@ -86,4 +86,5 @@ async def remove_backup(tablet: Tablet, name: str, force: bool) -> agentdata_pb2
     for victim in [*reversed(deps), name] if force else [name]:
         await tablet.storage.remove_backup(tablet.backup_directory, victim)
         removed.append(victim)
+    tablet.summary.refresh()
     return agentdata_pb2.RemoveBackupResponse(removed=removed)

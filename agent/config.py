@@ -150,7 +150,15 @@ class AgentConfig(BaseModel):
     state_dir: Path | None = Field(default=None, description="agent state; default <mycnf dir>/tablet-agent")
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
-    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics HTTP port (0: off)")
+    metrics_bind_address: str = Field(
+        default="127.0.0.1", description="address the metrics endpoint listens on"
+    )
+    backup_max_age_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="Status reports a health problem when the newest backup is older (0: never)",
+    )
 
     @field_validator("tablet_alias")
     @classmethod

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import uvloop
 
+from agent.binlog_pending import pending_binlogs
 from agent.config import AgentConfig, build_config, canonical_key, config_keys
 from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
@@ -23,6 +24,7 @@ from agent.startup import prepare_tablet
 from agent.tablet import AGENT_VERSION, Tablet
 
 EXIT_CONFIG = 2
+PENDING_BINLOGS_INTERVAL = 60.0
 log = get_logger("agent.main")
 
 
@@ -87,6 +89,13 @@ async def serve(config: AgentConfig) -> int:
         address=f"{config.grpc_bind_address}:{port}",
         version=AGENT_VERSION,
     )
+    if config.metrics_port:
+        metrics_port = tablet.metrics.serve(config.metrics_bind_address, config.metrics_port)
+        log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
+    background = [
+        asyncio.create_task(tablet.summary.run()),
+        asyncio.create_task(track_pending_binlogs(tablet)),
+    ]
     notifier.notify("READY=1", f"STATUS=serving on {config.grpc_bind_address}:{port}")
 
     stop = asyncio.Event()
@@ -100,6 +109,9 @@ async def serve(config: AgentConfig) -> int:
     log.info("stopping", grace=config.grpc_shutdown_grace)
     notifier.notify("STOPPING=1")
     watchdog.cancel()
+    for task in background:
+        task.cancel()
+    tablet.metrics.stop()
     stopping = asyncio.create_task(server.stop(config.grpc_shutdown_grace))
     await tablet.runner.shutdown(config.grpc_shutdown_grace)
     await stopping
@@ -107,6 +119,17 @@ async def serve(config: AgentConfig) -> int:
         await watchdog
     log.info("stopped")
     return 0
+
+
+async def track_pending_binlogs(tablet: Tablet) -> None:
+    """Keep the binlog-files-pending metric fresh (every minute; mysqld may be down for a while)."""
+    while True:
+        await tablet.summary.wait()
+        try:
+            tablet.metrics.binlog_files_pending = await pending_binlogs(tablet, tablet.summary.newest)
+        except (AgentError, OSError) as e:
+            log.debug("cannot count pending binlogs", error=str(e))
+        await asyncio.sleep(PENDING_BINLOGS_INTERVAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

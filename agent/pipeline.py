@@ -12,10 +12,12 @@ bytes as 8 lowercase hex digits); `sha256_hex` is ours, of the original bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import mmap
 import os
+import threading
 import zlib
 from collections import deque
 from collections.abc import (
@@ -143,6 +145,9 @@ class _Digest:
                 self._pending.exception()
 
 
+CODEC_NICENESS = 10
+
+
 class Workers:
     """CPU threads and memory shared by the streams of one operation.
 
@@ -193,8 +198,17 @@ class Workers:
 
     def submit(self, fn: Callable[[Buffer], T], data: Buffer) -> asyncio.Future[T]:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="codec")
+            self._pool = ThreadPoolExecutor(
+                self.threads, thread_name_prefix="codec", initializer=_lower_priority
+            )
         return asyncio.wrap_future(self._pool.submit(fn, data))
+
+
+def _lower_priority() -> None:
+    """Compression threads yield the CPU to mysqld and to the agent's event loop (Status, cancel)
+    whenever those want it: a backup must not starve the database it copies."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CODEC_NICENESS)
 
 
 async def _frames(source: AsyncIterable[Buffer], size: int) -> AsyncGenerator[Buffer, None]:

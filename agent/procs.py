@@ -314,8 +314,12 @@ async def spawn(
     tail_lines: int = TAIL_LINES,
     limit: int = STREAM_LIMIT,
     pass_fds: Sequence[int] = (),
+    niceness: int = 0,
 ) -> AsyncIterator[Process]:
     """Run argv for the duration of the block.
+
+    `niceness` > 0 lowers the child's CPU priority right after it starts (before it starts its
+    threads, in practice), for tools that must not starve the database they work on.
 
     stdin/stdout: `PIPE`, `DEVNULL` or an open fd. On normal exit stdin is closed and the child
     awaited (`ProcessError` on non-zero when `check`); on error or cancellation the group is
@@ -359,6 +363,9 @@ async def spawn(
         raise
     for fd in (0, 1):
         _grow_pipe(transport.get_pipe_transport(fd))
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, transport.get_pid(), niceness)
     proc = wrap(transport, protocol)
     ok = False
     try:

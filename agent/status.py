@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from agent.errors import AgentError
+from agent.errors import AgentError, Unavailable
 from agent.mysql import replication
 from agent.mysql.mysqld import ServerFlavor
-from agent.tablet import Tablet
+
+if TYPE_CHECKING:
+    from agent.tablet import Tablet
 
 STATUS_QUERY_TIMEOUT = 2.0
+FRESH = 1.0  # seconds a mysqld state is served as is
+USABLE = 10.0  # seconds a state is served while a newer one is fetched
 
 
 @dataclass(frozen=True)
@@ -38,14 +44,17 @@ async def mysqld_state(tablet: Tablet) -> MysqldState:
 
 
 async def _query_state(tablet: Tablet) -> MysqldState:
-    if not await tablet.mysqld.is_running():
-        return MysqldState(running=False, error="mysqld is not running", problems=("mysqld is not running",))
-    info = await tablet.mysqld.server_info()
-    flavor = info.flavor
-    ro = await replication.read_only_state(tablet.client)
-    repl = await replication.replication_status(tablet.client, flavor)
-    executed = await replication.executed_gtids(tablet.client, flavor)
-    purged = await replication.purged_gtids(tablet.client, flavor)
+    try:
+        # one connection for everything: Status answers in milliseconds even on a busy server
+        async with tablet.client.connection() as session:
+            info = await tablet.mysqld.server_info(session)
+            flavor = info.flavor
+            ro = await replication.read_only_state(session)
+            repl = await replication.replication_status(session, flavor)
+            executed = await replication.executed_gtids(session, flavor)
+            purged = await replication.purged_gtids(session, flavor)
+    except Unavailable as e:
+        return MysqldState(running=False, error=str(e), problems=("mysqld is not running",))
     problems: list[str] = []
     if repl.configured and not repl.sql_running:
         problems.append("replication SQL thread stopped")
@@ -63,3 +72,36 @@ async def _query_state(tablet: Tablet) -> MysqldState:
         gtid_purged=prefix + purged,
         problems=tuple(problems),
     )
+
+
+class MysqldStateCache:
+    """The last mysqld state, so Status answers in milliseconds even when a busy server answers in
+    tens: a state under FRESH seconds old is served as is, one under USABLE seconds old is served while
+    a refresh runs in the background, an older one is refreshed first. `invalidate()` after anything
+    that changes mysqld (an operation ending)."""
+
+    def __init__(self) -> None:
+        self._state: MysqldState | None = None
+        self._at = 0.0
+        self._refresh: asyncio.Task[MysqldState] | None = None
+
+    def invalidate(self) -> None:
+        self._state = None
+
+    async def get(self, tablet: Tablet) -> MysqldState:
+        age = time.monotonic() - self._at
+        if self._state is not None and age < USABLE:
+            if age >= FRESH:
+                self._start(tablet)
+            return self._state
+        return await asyncio.shield(self._start(tablet))
+
+    def _start(self, tablet: Tablet) -> asyncio.Task[MysqldState]:
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.create_task(self._fetch(tablet))
+        return self._refresh
+
+    async def _fetch(self, tablet: Tablet) -> MysqldState:
+        state = await mysqld_state(tablet)
+        self._state, self._at = state, time.monotonic()
+        return state

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from agent import convert
+from agent.backup_summary import Newest
+from agent.backups_admin import backup_info
+from agent.catalog import BackupEntry
 from agent.config import is_loopback
 from agent.operations import Result
 from agent.pb import agentdata_pb2, topodata_pb2
-from agent.status import MysqldState, mysqld_state
+from agent.status import MysqldState
 from agent.tablet import AGENT_VERSION, Tablet
 
 
@@ -37,7 +42,7 @@ def _mysqld_pb(state: MysqldState) -> agentdata_pb2.MysqldState:
 
 async def build_status(tablet: Tablet, finished_limit: int) -> agentdata_pb2.StatusResponse:
     config = tablet.config
-    state = await mysqld_state(tablet)
+    state = await tablet.mysqld_states.get(tablet)
     problems = list(state.problems)
     finished = tablet.runner.finished[: max(0, finished_limit)]
     last_backup = next(
@@ -45,6 +50,7 @@ async def build_status(tablet: Tablet, finished_limit: int) -> agentdata_pb2.Sta
     )
     if last_backup is not None and last_backup.result is Result.FAILED:
         problems.append("last backup failed")
+    problems += backup_problems(tablet.summary.newest, tablet.backup_directory, config.backup_max_age_hours)
     if config.grpc_cert is None and not is_loopback(config.grpc_bind_address):
         problems.append(f"INSECURE: plaintext gRPC on {config.grpc_bind_address} (--grpc_insecure)")
     current = tablet.runner.current
@@ -64,4 +70,32 @@ async def build_status(tablet: Tablet, finished_limit: int) -> agentdata_pb2.Sta
         backup_engine=str(config.backup_engine_implementation),
         health_problems=problems,
         restored_to=tablet.restored_to,
+        last_full_backup=_info(tablet.summary.newest.full),
+        last_incremental_backup=_info(tablet.summary.newest.incremental),
     )
+
+
+def _info(entry: BackupEntry | None) -> agentdata_pb2.BackupInfo | None:
+    return backup_info(entry) if entry is not None else None
+
+
+def backup_problems(
+    newest: Newest, directory: str, max_age_hours: float, now: float | None = None
+) -> list[str]:
+    """'no backup in 24h' and friends, from the cached listing."""
+    if newest.error:
+        return [f"cannot list backups: {newest.error}"]
+    if not newest.listed_at:
+        return []
+    if newest.full is None:
+        return [f"no complete full backup in {directory}"]
+    times = [
+        e.manifest.backup_datetime
+        for e in (newest.full, newest.incremental)
+        if e is not None and e.manifest is not None and e.manifest.backup_datetime is not None
+    ]
+    if max_age_hours and times:
+        age = ((now or time.time()) - max(times).timestamp()) / 3600
+        if age > max_age_hours:
+            return [f"no backup in {max_age_hours:g}h (the newest is {age:.0f}h old)"]
+    return []

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.backup_summary import BackupSummary
 from agent.config import AgentConfig
+from agent.metrics import AgentMetrics
 from agent.mysql.client import Credentials, MysqlClient, credentials_from
 from agent.mysql.mycnf import MyCnf, read_mycnf
 from agent.mysql.mysqld import Mysqld
 from agent.operations import OperationRunner
+from agent.status import MysqldStateCache
 from agent.storage import BackupStorage, storage_from_config
 
 AGENT_VERSION = "0.1.0"
@@ -30,7 +33,10 @@ class Tablet:
     storage: BackupStorage
     state_dir: Path
     started_monotonic: float
+    summary: BackupSummary
+    metrics: AgentMetrics
     restored_to: str = ""  # what the last restore brought the tablet to, for Status
+    mysqld_states: MysqldStateCache = field(default_factory=MysqldStateCache)
     drained: bool = False  # restored to a point in time: out of serving, as Vitess's DRAINED
 
     @classmethod
@@ -42,16 +48,25 @@ class Tablet:
         client = MysqlClient(creds)
         state_dir = config.effective_state_dir
         state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        runner = OperationRunner(config.tablet_alias)
+        storage = storage_from_config(config)
+        summary = BackupSummary(storage, f"{config.init_keyspace}/{config.init_shard}")
+        runner.on_finish(lambda _op: summary.refresh())
+        states = MysqldStateCache()
+        runner.on_finish(lambda _op: states.invalidate())
         return cls(
             config=config,
             mycnf=mycnf,
             credentials=creds,
             client=client,
             mysqld=Mysqld(mycnf, client, config.mysqld_start_command),
-            runner=OperationRunner(config.tablet_alias),
-            storage=storage_from_config(config),
+            runner=runner,
+            storage=storage,
             state_dir=state_dir,
             started_monotonic=time.monotonic(),
+            summary=summary,
+            metrics=AgentMetrics(runner),
+            mysqld_states=states,
         )
 
     @property

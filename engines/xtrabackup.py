@@ -25,7 +25,7 @@ from agent.mysql import replication
 from agent.mysql.gtid import Flavor, parse_position
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
-from agent.pipeline import StoredFile, store, store_striped, stream_chunks
+from agent.pipeline import CODEC_NICENESS, StoredFile, store, store_striped, stream_chunks
 from agent.procs import PIPE, ExecError, Process, ProcessError, complete, format_argv, in_thread, spawn
 from agent.storage.base import BackupHandle
 from agent.tablet import AGENT_VERSION, Tablet
@@ -150,6 +150,7 @@ class XtrabackupEngine:
                 stdout=PIPE,
                 env=child_env(os.environ),
                 on_stderr_line=line_logger(op, output, "xtrabackup"),
+                niceness=CODEC_NICENESS,  # like the compression threads: mysqld comes first
             ) as proc:
                 stored = await _store_stream(ctx.handle, proc, layout, run.codec, progress)
         except ExecError as e:

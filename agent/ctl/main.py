@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf import json_format
 
+from agent.ctl.progress import follow
 from agent.ctl.render import print_event, render_status
 from agent.pb import (
     agentdata_pb2,
@@ -89,11 +90,6 @@ def make_parser() -> CtlParser:
     return p
 
 
-async def _follow(stream: AsyncIterator[logutil_pb2.Event]) -> None:
-    async for event in stream:
-        print_event(event)
-
-
 async def _events(
     call: AsyncIterable[
         tabletmanagerdata_pb2.BackupResponse | tabletmanagerdata_pb2.RestoreFromBackupResponse
@@ -160,7 +156,7 @@ async def run(args: argparse.Namespace) -> int:
                 req.backup_engine = args.engine
             if args.mysql_shutdown_timeout is not None:
                 req.mysql_shutdown_timeout.seconds = int(args.mysql_shutdown_timeout)
-            await _follow(_events(stub.Backup(req)))
+            await follow(stub, _events(stub.Backup(req)))
         elif cmd == "restore":
             rreq = tabletmanagerdata_pb2.RestoreFromBackupRequest(
                 restore_to_pos=args.restore_to_pos,
@@ -172,7 +168,7 @@ async def run(args: argparse.Namespace) -> int:
                 rreq.backup_time.CopyFrom(args.backup_timestamp)
             if args.restore_to_timestamp is not None:
                 rreq.restore_to_timestamp.CopyFrom(args.restore_to_timestamp)
-            await _follow(_events(stub.RestoreFromBackup(rreq)))
+            await follow(stub, _events(stub.RestoreFromBackup(rreq)))
         elif cmd == "watch":
             async for msg in stub.WatchOperation(agentdata_pb2.WatchOperationRequest(id=args.id)):
                 if msg.HasField("event"):

@@ -10,10 +10,14 @@ from agent.pb import agentdata_pb2, logutil_pb2, topodata_pb2
 LEVEL_NAMES = {0: "I", 1: "W", 2: "E", 3: "C"}
 
 
-def print_event(event: logutil_pb2.Event) -> None:
+def format_event(event: logutil_pb2.Event) -> str:
     when = datetime.fromtimestamp(event.time.seconds, UTC).strftime("%H:%M:%S")
+    return f"{LEVEL_NAMES.get(event.level, '?')} {when} {event.value}"
+
+
+def print_event(event: logutil_pb2.Event) -> None:
     stream = sys.stderr if event.level == logutil_pb2.ERROR else sys.stdout
-    print(f"{LEVEL_NAMES.get(event.level, '?')} {when} {event.value}", file=stream, flush=True)
+    print(format_event(event), file=stream, flush=True)
 
 
 def _op_line(op: agentdata_pb2.Operation) -> str:

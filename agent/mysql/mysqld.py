@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from agent.mysql.client import MysqlClient, QueryError
+from agent.mysql.client import MysqlClient, MysqlSession, QueryError
 from agent.mysql.mycnf import MyCnf
 from agent.procs import describe_exit, format_argv
 
@@ -106,21 +106,26 @@ class Mysqld:
                 )
             await asyncio.sleep(POLL_INTERVAL)
 
-    async def server_info(self) -> ServerInfo:
-        """Flavor, version and identity of the running server."""
-        async with self.client.connection() as s:
-            row = await s.query_one(
-                "SELECT VERSION() AS version, @@version_comment AS comment, @@server_id AS server_id"
-            )
-            if row is None:
-                raise Unavailable(f"mysqld at {self.client.credentials.address} returned no version")
-            version = str(row["version"])
-            flavor = ServerFlavor.MARIADB if "mariadb" in version.lower() else ServerFlavor.MYSQL
-            variable = "@@server_uid" if flavor is ServerFlavor.MARIADB else "@@server_uuid"
-            try:
-                uuid_row = await s.query_one(f"SELECT {variable} AS uuid")
-            except QueryError:  # a server without the variable
-                uuid_row = None
+    async def server_info(self, session: MysqlSession | None = None) -> ServerInfo:
+        """Flavor, version and identity of the running server (on `session` if given)."""
+        if session is None:
+            async with self.client.connection() as own:
+                return await self._server_info(own)
+        return await self._server_info(session)
+
+    async def _server_info(self, s: MysqlSession) -> ServerInfo:
+        row = await s.query_one(
+            "SELECT VERSION() AS version, @@version_comment AS comment, @@server_id AS server_id"
+        )
+        if row is None:
+            raise Unavailable(f"mysqld at {self.client.credentials.address} returned no version")
+        version = str(row["version"])
+        flavor = ServerFlavor.MARIADB if "mariadb" in version.lower() else ServerFlavor.MYSQL
+        variable = "@@server_uid" if flavor is ServerFlavor.MARIADB else "@@server_uuid"
+        try:
+            uuid_row = await s.query_one(f"SELECT {variable} AS uuid")
+        except QueryError:  # a server without the variable
+            uuid_row = None
         return ServerInfo(
             flavor=flavor,
             version=version,
