@@ -113,6 +113,17 @@ class AgentConfig(BaseModel):
     # storage
     backup_storage_implementation: StorageKind = StorageKind.FILE
     file_backup_storage_root: Path | None = None
+    s3_backup_storage_bucket: str | None = Field(default=None, description="bucket (required with s3)")
+    s3_backup_storage_root: str = Field(default="", description="key prefix inside the bucket")
+    s3_backup_aws_region: str = "us-east-1"
+    s3_backup_aws_endpoint: str | None = Field(
+        default=None, description="endpoint URL of an S3-compatible server"
+    )
+    s3_backup_force_path_style: bool = False
+    s3_backup_server_side_encryption: str = Field(default="", description="e.g. AES256 or aws:kms")
+    s3_backup_aws_min_partsize: int = Field(
+        default=5 << 20, ge=5 << 20, description="minimum multipart part size"
+    )
 
     # engines
     backup_engine_implementation: EngineName = EngineName.BUILTIN
@@ -192,8 +203,8 @@ class AgentConfig(BaseModel):
             raise ValueError(
                 "--file_backup_storage_root is required with --backup_storage_implementation=file"
             )
-        if self.backup_storage_implementation is StorageKind.S3:
-            raise ValueError("--backup_storage_implementation=s3 is not available in this build; use file")
+        if self.backup_storage_implementation is StorageKind.S3 and not self.s3_backup_storage_bucket:
+            raise ValueError("--s3_backup_storage_bucket is required with --backup_storage_implementation=s3")
         if self.compression_engine_name == "external" and not (
             self.external_compressor and self.external_decompressor
         ):

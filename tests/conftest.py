@@ -1,12 +1,15 @@
-"""Shared fixtures: real MariaDB sandboxes (see tests/sandbox.py), always stopped at teardown."""
+"""Shared fixtures: real MariaDB sandboxes (see tests/sandbox.py), always stopped at teardown, and a real
+S3-compatible server (tests/s3server.py)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.s3server import S3Server
 from tests.sandbox import Sandbox, SandboxFactory, find_program
 
 MISSING_MARIADB = (
@@ -60,3 +63,21 @@ def write_rows() -> Callable[..., str]:
         return sandbox.write_rows(count, table)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1 for the session (tests use their own buckets)."""
+    pytest.importorskip("moto", reason="moto[server] is a dev dependency: pip install -e '.[dev]'")
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    name = f"backups-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name

@@ -9,6 +9,7 @@ from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.storage.base import BackupHandle, BackupStorage, BackupWriter, ListsDirectories
 from agent.storage.file import FileBackupStorage
+from agent.storage.s3 import S3BackupStorage, S3Settings
 
 __all__ = [
     "STORAGES",
@@ -27,7 +28,25 @@ def _file_storage(config: AgentConfig) -> BackupStorage:
     return FileBackupStorage(config.file_backup_storage_root)
 
 
-STORAGES: Mapping[str, Callable[[AgentConfig], BackupStorage]] = MappingProxyType({"file": _file_storage})
+def _s3_storage(config: AgentConfig) -> BackupStorage:
+    if not config.s3_backup_storage_bucket:
+        raise ConfigError("--s3_backup_storage_bucket is required with --backup_storage_implementation=s3")
+    return S3BackupStorage(
+        S3Settings(
+            bucket=config.s3_backup_storage_bucket,
+            root=config.s3_backup_storage_root,
+            region=config.s3_backup_aws_region,
+            endpoint=config.s3_backup_aws_endpoint,
+            force_path_style=config.s3_backup_force_path_style,
+            server_side_encryption=config.s3_backup_server_side_encryption,
+            min_part_size=config.s3_backup_aws_min_partsize,
+        )
+    )
+
+
+STORAGES: Mapping[str, Callable[[AgentConfig], BackupStorage]] = MappingProxyType(
+    {"file": _file_storage, "s3": _s3_storage}
+)
 
 
 def storage_from_config(config: AgentConfig) -> BackupStorage:
