@@ -20,7 +20,9 @@ MIB = 1 << 20
 async def storage(s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
         monkeypatch.setenv(k, v)
-    s = S3BackupStorage(S3Settings(bucket=s3_bucket, root="fleet/a", endpoint=s3_server.endpoint, force_path_style=True))
+    s = S3BackupStorage(
+        S3Settings(bucket=s3_bucket, root="fleet/a", endpoint=s3_server.endpoint, force_path_style=True)
+    )
     yield s
     await s.close()
 
