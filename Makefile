@@ -7,8 +7,8 @@ PROTOS := $(wildcard protos/agent/pb/*.proto)
 
 .PHONY: setup system-packages run test test-unit lint proto proto-check bench clean
 
-SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz
-APT_PACKAGES := mariadb-server mariadb-backup mariadb-client zstd lz4 pigz python3-venv
+SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz etcd etcdctl
+APT_PACKAGES := mariadb-server mariadb-backup mariadb-client zstd lz4 pigz python3-venv etcd-server etcd-client
 
 setup: system-packages $(VENV)/.installed
 

@@ -157,6 +157,17 @@ class AgentConfig(BaseModel):
         default=4, ge=1, le=256, description="parallel replication workers of the replication applier"
     )
 
+    # topology (optional): tablet records and shard locks in etcd
+    topo_implementation: str = Field(
+        default="", description="etcd2 to register in an etcd topology; empty: none"
+    )
+    topo_global_server_address: str = Field(default="", description="etcd client endpoints, comma-separated")
+    topo_global_root: str = "/vitess/global"
+    topo_lease_ttl: int = Field(
+        default=10, ge=2, le=600, description="seconds a dead agent's record survives"
+    )
+    tablet_hostname: str = Field(default="", description="host name other tools reach this agent at")
+
     # operation
     state_dir: Path | None = Field(default=None, description="agent state; default <mycnf dir>/tablet-agent")
     log_format: LogFormat = LogFormat.AUTO
@@ -211,6 +222,12 @@ class AgentConfig(BaseModel):
             raise ValueError(
                 "--compression-engine-name=external needs --external-compressor and --external-decompressor"
             )
+        if self.topo_implementation not in ("", "etcd2"):
+            raise ValueError(
+                f"unknown --topo_implementation {self.topo_implementation!r}: use etcd2 (or none)"
+            )
+        if self.topo_implementation and not self.topo_global_server_address:
+            raise ValueError("--topo_implementation=etcd2 needs --topo_global_server_address (host:port,...)")
         if (self.grpc_cert is None) != (self.grpc_key is None):
             raise ValueError("--grpc_cert and --grpc_key must be given together")
         if self.grpc_ca is not None and self.grpc_cert is None:

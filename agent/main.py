@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,6 +23,8 @@ from agent.server import AgentServer
 from agent.servicer import TabletManagerServicer
 from agent.startup import prepare_tablet
 from agent.tablet import AGENT_VERSION, Tablet
+from agent.topo.etcd import EtcdClient
+from agent.topo.tablets import Registration, tablet_record
 
 EXIT_CONFIG = 2
 PENDING_BINLOGS_INTERVAL = 60.0
@@ -92,6 +95,7 @@ async def serve(config: AgentConfig) -> int:
     if config.metrics_port:
         metrics_port = tablet.metrics.serve(config.metrics_bind_address, config.metrics_port)
         log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
+    registration = await register(tablet, port)
     background = [
         asyncio.create_task(tablet.summary.run()),
         asyncio.create_task(track_pending_binlogs(tablet)),
@@ -108,6 +112,8 @@ async def serve(config: AgentConfig) -> int:
 
     log.info("stopping", grace=config.grpc_shutdown_grace)
     notifier.notify("STOPPING=1")
+    if registration is not None:
+        await registration.stop()
     watchdog.cancel()
     for task in background:
         task.cancel()
@@ -119,6 +125,20 @@ async def serve(config: AgentConfig) -> int:
         await watchdog
     log.info("stopped")
     return 0
+
+
+async def register(tablet: Tablet, port: int) -> Registration | None:
+    """Put this tablet's record in the topology, when one is configured."""
+    config = tablet.config
+    if not config.topo_implementation:
+        return None
+    endpoints = [e.strip() for e in config.topo_global_server_address.split(",") if e.strip()]
+    record = tablet_record(config, port, AGENT_VERSION, time.time())
+    registration = Registration(
+        EtcdClient(endpoints), config.topo_global_root, tablet.alias, record, config.topo_lease_ttl
+    )
+    await registration.start()
+    return registration
 
 
 async def track_pending_binlogs(tablet: Tablet) -> None:

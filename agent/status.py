@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 STATUS_QUERY_TIMEOUT = 2.0
 FRESH = 1.0  # seconds a mysqld state is served as is
-USABLE = 10.0  # seconds a state is served while a newer one is fetched
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,8 @@ async def _query_state(tablet: Tablet) -> MysqldState:
 
 class MysqldStateCache:
     """The last mysqld state, so Status answers in milliseconds even when a busy server answers in
-    tens: a state under FRESH seconds old is served as is, one under USABLE seconds old is served while
-    a refresh runs in the background, an older one is refreshed first. `invalidate()` after anything
-    that changes mysqld (an operation ending)."""
+    tens: a state under FRESH seconds old is served as is; callers that find it older share one
+    refresh. `invalidate()` after anything that changes mysqld (an operation ending)."""
 
     def __init__(self) -> None:
         self._state: MysqldState | None = None
@@ -89,10 +87,7 @@ class MysqldStateCache:
         self._state = None
 
     async def get(self, tablet: Tablet) -> MysqldState:
-        age = time.monotonic() - self._at
-        if self._state is not None and age < USABLE:
-            if age >= FRESH:
-                self._start(tablet)
+        if self._state is not None and time.monotonic() - self._at < FRESH:
             return self._state
         return await asyncio.shield(self._start(tablet))
 

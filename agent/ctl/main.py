@@ -17,6 +17,8 @@ from google.protobuf import json_format
 
 from agent.ctl.progress import follow
 from agent.ctl.render import print_event, render_status
+from agent.ctl.shard import choose, render_tablets, survey
+from agent.errors import AgentError
 from agent.pb import (
     agentdata_pb2,
     logutil_pb2,
@@ -24,6 +26,9 @@ from agent.pb import (
     tabletmanagerservice_pb2_grpc,
     vttime_pb2,
 )
+from agent.topo.etcd import EtcdClient
+from agent.topo.locks import shard_lock
+from agent.topo.tablets import list_tablets
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 CONNECTION_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -87,6 +92,25 @@ def make_parser() -> CtlParser:
     rm = sub.add_parser("remove-backup", help="remove a backup")
     rm.add_argument("name")
     rm.add_argument("--force", action="store_true")
+    for name, text in (("tablets", "list a shard's tablets from the topology, with their health"),
+                       ("backup-shard", "back up a shard on its best tablet (healthy, least lag)")):  # fmt: skip
+        t = sub.add_parser(name, help=text)
+        t.add_argument("shard", metavar="KEYSPACE/SHARD")
+        t.add_argument("--topo-server", "--topo_server", "--topo_global_server_address",
+                       default=os.environ.get("TABLETCTL_TOPO_SERVER", ""), help="etcd endpoints, comma-separated")  # fmt: skip
+        t.add_argument("--topo-root", "--topo_root", "--topo_global_root", default="/vitess/global")
+        if name == "backup-shard":
+            t.add_argument("--allow_primary", "--allow-primary", action="store_true")
+            t.add_argument("--incremental_from_pos", "--incremental-from-pos", default="")
+            t.add_argument("--engine", "--backup_engine", "--backup-engine", default=None)
+            t.add_argument("--concurrency", type=int, default=0)
+            t.add_argument(
+                "--lock-wait",
+                "--lock_wait",
+                type=float,
+                default=0.0,
+                help="seconds to wait for the shard lock",
+            )
     return p
 
 
@@ -116,20 +140,25 @@ class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClie
         return await continuation(self._with_token(details), request)
 
 
-def open_channel(args: argparse.Namespace, interceptors: list[Any] | None) -> grpc.aio.Channel:
+def open_channel(
+    args: argparse.Namespace, interceptors: list[Any] | None, address: str | None = None
+) -> grpc.aio.Channel:
+    target = address or args.server
     if args.tls_ca is None:
-        return grpc.aio.insecure_channel(args.server, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
     creds = grpc.ssl_channel_credentials(
         root_certificates=args.tls_ca.read_bytes(),
         private_key=args.tls_key.read_bytes() if args.tls_key else None,
         certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
     )
-    return grpc.aio.secure_channel(args.server, creds, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, creds, interceptors=interceptors)
 
 
 async def run(args: argparse.Namespace) -> int:
     token = os.environ.get("TABLETCTL_TOKEN", "")
     interceptors = [BearerToken(token)] if token else None
+    if args.command in ("tablets", "backup-shard"):
+        return await run_shard(args, interceptors)
     async with open_channel(args, interceptors) as channel:
         stub = tabletmanagerservice_pb2_grpc.TabletManagerStub(channel)
         cmd = args.command
@@ -201,6 +230,43 @@ async def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def run_shard(args: argparse.Namespace, interceptors: list[Any] | None) -> int:
+    keyspace, slash, shard = args.shard.partition("/")
+    if not slash or not keyspace or not shard:
+        print(f"tabletctl: error: expected KEYSPACE/SHARD, got {args.shard!r}", file=sys.stderr)
+        return EXIT_USAGE
+    endpoints = [e.strip() for e in args.topo_server.split(",") if e.strip()]
+    if not endpoints:
+        print("tabletctl: error: give --topo-server host:port (or TABLETCTL_TOPO_SERVER)", file=sys.stderr)
+        return EXIT_USAGE
+    async with EtcdClient(endpoints) as topo:
+        records = await list_tablets(topo, args.topo_root, keyspace, shard)
+        candidates = await survey(records, lambda address: open_channel(args, interceptors, address))
+        if args.command == "tablets":
+            print(render_tablets(candidates))
+            return EXIT_OK
+        chosen = choose(candidates, args.allow_primary, args.shard)
+        async with shard_lock(
+            topo, args.topo_root, keyspace, shard, f"backup-shard on {chosen.alias}", wait=args.lock_wait
+        ):
+            kind = f"incremental (from {args.incremental_from_pos})" if args.incremental_from_pos else "full"
+            print(
+                f"backing up {args.shard} on {chosen.alias} ({chosen.tablet_type}, lag {chosen.lag}s) at {chosen.address}: {kind}",
+                flush=True,
+            )
+            req = tabletmanagerdata_pb2.BackupRequest(
+                concurrency=args.concurrency,
+                allow_primary=chosen.is_primary,
+                incremental_from_pos=args.incremental_from_pos,
+            )
+            if args.engine:
+                req.backup_engine = args.engine
+            async with open_channel(args, interceptors, chosen.address) as channel:
+                stub = tabletmanagerservice_pb2_grpc.TabletManagerStub(channel)
+                await follow(stub, _events(stub.Backup(req)))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -215,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             return EXIT_USAGE
         return EXIT_FAILED
+    except AgentError as e:  # topology and shard choice
+        print(f"tabletctl: {e.code.name}: {e}", file=sys.stderr)
+        return EXIT_USAGE if e.code is grpc.StatusCode.UNAVAILABLE else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
 

@@ -24,13 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gent/pb/topodata.proto\x12\x08topodata*\x82\x01\n\nTabletType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07PRIMARY\x10\x01\x12\x0b\n\x07REPLICA\x10\x02\x12\n\n\x06RDONLY\x10\x03\x12\t\n\x05SPARE\x10\x04\x12\x10\n\x0c\x45XPERIMENTAL\x10\x05\x12\n\n\x06\x42\x41\x43KUP\x10\x06\x12\x0b\n\x07RESTORE\x10\x07\x12\x0b\n\x07\x44RAINED\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gent/pb/topodata.proto\x12\x08topodata\"(\n\x0bTabletAlias\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\r\"&\n\x08KeyRange\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\"\xaa\x03\n\x06Tablet\x12$\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x15.topodata.TabletAlias\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12/\n\x08port_map\x18\x04 \x03(\x0b\x32\x1d.topodata.Tablet.PortMapEntry\x12\x10\n\x08keyspace\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x06 \x01(\t\x12%\n\tkey_range\x18\x07 \x01(\x0b\x32\x12.topodata.KeyRange\x12\"\n\x04type\x18\x08 \x01(\x0e\x32\x14.topodata.TabletType\x12\x18\n\x10\x64\x62_name_override\x18\t \x01(\t\x12(\n\x04tags\x18\n \x03(\x0b\x32\x1a.topodata.Tablet.TagsEntry\x12\x16\n\x0emysql_hostname\x18\x0c \x01(\t\x12\x12\n\nmysql_port\x18\r \x01(\x05\x1a.\n\x0cPortMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x82\x01\n\nTabletType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07PRIMARY\x10\x01\x12\x0b\n\x07REPLICA\x10\x02\x12\n\n\x06RDONLY\x10\x03\x12\t\n\x05SPARE\x10\x04\x12\x10\n\x0c\x45XPERIMENTAL\x10\x05\x12\n\n\x06\x42\x41\x43KUP\x10\x06\x12\x0b\n\x07RESTORE\x10\x07\x12\x0b\n\x07\x44RAINED\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent.pb.topodata_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TABLETTYPE']._serialized_start=38
-  _globals['_TABLETTYPE']._serialized_end=168
+  _globals['_TABLET_PORTMAPENTRY']._loaded_options = None
+  _globals['_TABLET_PORTMAPENTRY']._serialized_options = b'8\001'
+  _globals['_TABLET_TAGSENTRY']._loaded_options = None
+  _globals['_TABLET_TAGSENTRY']._serialized_options = b'8\001'
+  _globals['_TABLETTYPE']._serialized_start=549
+  _globals['_TABLETTYPE']._serialized_end=679
+  _globals['_TABLETALIAS']._serialized_start=37
+  _globals['_TABLETALIAS']._serialized_end=77
+  _globals['_KEYRANGE']._serialized_start=79
+  _globals['_KEYRANGE']._serialized_end=117
+  _globals['_TABLET']._serialized_start=120
+  _globals['_TABLET']._serialized_end=546
+  _globals['_TABLET_PORTMAPENTRY']._serialized_start=455
+  _globals['_TABLET_PORTMAPENTRY']._serialized_end=501
+  _globals['_TABLET_TAGSENTRY']._serialized_start=503
+  _globals['_TABLET_TAGSENTRY']._serialized_end=546
 # @@protoc_insertion_point(module_scope)
