@@ -51,14 +51,35 @@ def shell_restore(sb: Sandbox, archive: Path) -> None:
         sb.start()
 
 
+def memory_at(work: Path, size_gb: float) -> tuple[float, float]:
+    """Peak RSS of an agent after one backup and one restore of `size_gb` of data; (MB, GB of data)."""
+    work.mkdir(parents=True, exist_ok=True)
+    sb = dataset(work, size_gb)
+    try:
+        agent = start_agent(sb, work / "backups", work / "agent", ["--compression_level", str(ZSTD_LEVEL)])
+        try:
+            backup(agent, timeout=3600, allow_primary=True)
+            restore(agent, timeout=3600)
+            assert agent.proc is not None
+            return peak_rss_mb(agent.proc.pid), datadir_megabytes(sb) / 1000
+        finally:
+            agent.stop()
+    finally:
+        sb.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--size-gb", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--small-gb", type=float, default=0.25, help="second data size for the memory check")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
+    (Path.cwd() / "var").mkdir(exist_ok=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-builtin-", dir=Path.cwd() / "var"))
     work.mkdir(parents=True, exist_ok=True)
+    small_rss, small_gb = memory_at(work / "small", args.small_gb)
     sb = dataset(work, args.size_gb)
     try:
         mb = datadir_megabytes(sb)
@@ -83,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             agent.stop()
         report([b, r], [cache_note, f"data set {mb:.0f} MB of InnoDB files, {args.rounds} rounds, medians"],
                f"python -m bench.builtin --size-gb {args.size_gb} --rounds {args.rounds}")  # fmt: skip
-        print(f"BENCH memory peak_rss_mb={rss:.1f} size_gb={mb / 1000:.2f}", flush=True)
+        print(
+            f"memory: peak RSS {small_rss:.1f} MB with {small_gb:.2f} GB of data, {rss:.1f} MB with {mb / 1000:.2f} GB "
+            f"({'flat' if rss < small_rss * 1.25 + 10 else 'GROWS'} in data size)"
+        )
+        print(f"BENCH memory peak_rss_mb={max(rss, small_rss):.1f} size_gb={mb / 1000:.2f}", flush=True)
     finally:
         sb.destroy()
         shutil.rmtree(work, ignore_errors=True)
