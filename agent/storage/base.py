@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from agent.errors import InvalidArgument
+from agent.errors import FailedPrecondition, InvalidArgument
 
 MAX_NAME_LENGTH = 255
 _COMPONENT = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
@@ -80,6 +80,38 @@ class BackupStorage(Protocol):
 
     def describe(self) -> str:
         """Where the backups live, for messages, e.g. `file:/var/backups`."""
+
+
+class HandleState:
+    """What every backend's handle keeps: which backup, read-only or not, and open/ended/aborted."""
+
+    def __init__(self, directory: str, name: str, *, read_only: bool) -> None:
+        self._directory = directory
+        self._name = name
+        self._read_only = read_only
+        self._state = "open"
+
+    @property
+    def directory(self) -> str:
+        return self._directory
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def _require_writable(self, action: str) -> None:
+        if self._read_only:
+            raise FailedPrecondition(
+                f"cannot {action} backup {self._directory}/{self._name}: read-only handle"
+            )
+        if self._state != "open":
+            raise FailedPrecondition(
+                f"cannot {action} backup {self._directory}/{self._name}: it was already {self._state}"
+            )
 
 
 @runtime_checkable

@@ -25,6 +25,7 @@ from agent.procs import in_thread
 from agent.storage.base import (
     BackupHandle,
     BackupWriter,
+    HandleState,
     validate_backup_name,
     validate_directory,
     validate_object_name,
@@ -176,45 +177,20 @@ def _visible_dir(p: Path) -> bool:
     return not p.name.startswith(".") and p.is_dir() and not p.is_symlink()
 
 
-class _FileBackupHandle:
+class _FileBackupHandle(HandleState):
     """A backup directory. Tracks its open writers so `end` can refuse while one is unfinished."""
 
     def __init__(
         self, storage: FileBackupStorage, directory: str, name: str, path: Path, *, read_only: bool
     ) -> None:
+        super().__init__(directory, name, read_only=read_only)
         self._storage = storage
-        self._directory = directory
-        self._name = name
         self._path = path
-        self._read_only = read_only
         self._open: dict[str, _FileWriter] = {}
         self._used: set[str] = set()
-        self._state = "open"
-
-    @property
-    def directory(self) -> str:
-        return self._directory
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def read_only(self) -> bool:
-        return self._read_only
 
     def __repr__(self) -> str:
         return f"<backup {self._directory}/{self._name} in {self._storage.describe()}>"
-
-    def _require_writable(self, action: str) -> None:
-        if self._read_only:
-            raise FailedPrecondition(
-                f"cannot {action} backup {self._directory}/{self._name}: read-only handle"
-            )
-        if self._state != "open":
-            raise FailedPrecondition(
-                f"cannot {action} backup {self._directory}/{self._name}: it was already {self._state}"
-            )
 
     async def add_file(self, filename: str, size_hint: int = -1) -> BackupWriter:
         self._require_writable("add a file to")

@@ -26,6 +26,7 @@ from agent.errors import AgentError, FailedPrecondition, NotFound, StorageError
 from agent.storage.base import (
     BackupHandle,
     BackupWriter,
+    HandleState,
     validate_backup_name,
     validate_directory,
     validate_object_name,
@@ -216,34 +217,14 @@ class S3BackupStorage:
                 )
 
 
-class _S3Handle:
+class _S3Handle(HandleState):
     def __init__(self, storage: S3BackupStorage, directory: str, name: str, *, read_only: bool) -> None:
+        super().__init__(directory, name, read_only=read_only)
         self._storage = storage
-        self._directory = directory
-        self._name = name
-        self._read_only = read_only
         self._writers: dict[str, _S3Writer] = {}
-        self._state = "open"
-
-    @property
-    def directory(self) -> str:
-        return self._directory
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def read_only(self) -> bool:
-        return self._read_only
 
     def _key(self, filename: str) -> str:
         return self._storage.key(self._directory, self._name, validate_object_name(filename))
-
-    def _require_writable(self, action: str) -> None:
-        if self._read_only or self._state != "open":
-            why = "read-only handle" if self._read_only else f"it was already {self._state}"
-            raise FailedPrecondition(f"cannot {action} backup {self._directory}/{self._name}: {why}")
 
     async def add_file(self, filename: str, size_hint: int = -1) -> BackupWriter:
         self._require_writable("add a file to")
