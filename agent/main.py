@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvloop
 
@@ -23,8 +23,9 @@ from agent.server import AgentServer
 from agent.servicer import TabletManagerServicer
 from agent.startup import prepare_tablet
 from agent.tablet import AGENT_VERSION, Tablet
-from agent.topo.etcd import EtcdClient
-from agent.topo.tablets import Registration, tablet_record
+
+if TYPE_CHECKING:
+    from agent.topo.tablets import Registration
 
 EXIT_CONFIG = 2
 PENDING_BINLOGS_INTERVAL = 60.0
@@ -132,6 +133,10 @@ async def register(tablet: Tablet, port: int) -> Registration | None:
     config = tablet.config
     if not config.topo_implementation:
         return None
+    # Imported here: agents without a topology do not load the HTTP client.
+    from agent.topo.etcd import EtcdClient
+    from agent.topo.tablets import Registration, tablet_record
+
     endpoints = [e.strip() for e in config.topo_global_server_address.split(",") if e.strip()]
     record = tablet_record(config, port, AGENT_VERSION, time.time())
     registration = Registration(

@@ -9,7 +9,6 @@ from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.storage.base import BackupHandle, BackupStorage, BackupWriter, ListsDirectories
 from agent.storage.file import FileBackupStorage
-from agent.storage.s3 import S3BackupStorage, S3Settings
 
 __all__ = [
     "STORAGES",
@@ -29,6 +28,9 @@ def _file_storage(config: AgentConfig) -> BackupStorage:
 
 
 def _s3_storage(config: AgentConfig) -> BackupStorage:
+    # Imported here: the AWS SDK costs ~20 MB of memory that agents on other storage need not pay.
+    from agent.storage.s3 import S3BackupStorage, S3Settings
+
     if not config.s3_backup_storage_bucket:
         raise ConfigError("--s3_backup_storage_bucket is required with --backup_storage_implementation=s3")
     return S3BackupStorage(
