@@ -240,15 +240,21 @@ async def run_shard(args: argparse.Namespace, interceptors: list[Any] | None) ->
         print("tabletctl: error: give --topo-server host:port (or TABLETCTL_TOPO_SERVER)", file=sys.stderr)
         return EXIT_USAGE
     async with EtcdClient(endpoints) as topo:
-        records = await list_tablets(topo, args.topo_root, keyspace, shard)
-        candidates = await survey(records, lambda address: open_channel(args, interceptors, address))
         if args.command == "tablets":
-            print(render_tablets(candidates))
+            records = await list_tablets(topo, args.topo_root, keyspace, shard)
+            print(
+                render_tablets(
+                    await survey(records, lambda address: open_channel(args, interceptors, address))
+                )
+            )
             return EXIT_OK
-        chosen = choose(candidates, args.allow_primary, args.shard)
+        # The lock comes first: concurrent runs must not choose while another one's backup runs.
         async with shard_lock(
-            topo, args.topo_root, keyspace, shard, f"backup-shard on {chosen.alias}", wait=args.lock_wait
+            topo, args.topo_root, keyspace, shard, f"backup-shard of {args.shard}", wait=args.lock_wait
         ):
+            records = await list_tablets(topo, args.topo_root, keyspace, shard)
+            candidates = await survey(records, lambda address: open_channel(args, interceptors, address))
+            chosen = choose(candidates, args.allow_primary, args.shard)
             kind = f"incremental (from {args.incremental_from_pos})" if args.incremental_from_pos else "full"
             print(
                 f"backing up {args.shard} on {chosen.alias} ({chosen.tablet_type}, lag {chosen.lag}s) at {chosen.address}: {kind}",

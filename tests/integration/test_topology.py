@@ -27,6 +27,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 ROOT = "/vitess/global"
 TTL = 3
+XTRA = ["--backup_engine_implementation", "xtrabackup", "--xtrabackup_user", "root"]
+SLOW = ["--xtrabackup_backup_flags=--throttle=100"]  # ~5 s on a fresh sandbox
 
 
 @pytest.fixture
@@ -158,3 +160,33 @@ def test_shard_lock_blocks_a_second_run_and_expires_with_a_crashed_holder(
     assert res.returncode == 1 and "shard ks/0 is locked by other:1 (backup-shard)" in res.stderr, res.stderr
     res = ctl(etcd, "backup-shard", "ks/0", "--lock-wait", str(TTL + 5))
     assert res.returncode == 0, res.stderr  # the crashed holder's lock expired
+
+
+def test_two_backup_shard_runs_never_overlap(
+    shard: Shard, etcd: EtcdServer, agent_factory: AgentFactory, storage_root
+) -> None:
+    # a slow backup on the first replica's tablet, so the second run finds the lock held
+    shard.agents["zone1-0000000102"].stop()
+    agent_factory(shard.replicas[0], alias="zone1-0000000102", extra=[*topo_flags(etcd), *XTRA, *SLOW])
+    shard.replicas[1].sql("STOP SLAVE SQL_THREAD")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TABLETCTL_TOPO_SERVER": etcd.address}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "agent.ctl.main", "backup-shard", "ks/0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+    async def locked() -> bool:
+        async with EtcdClient([etcd.address]) as c:
+            return await c.get(shard_lock_key(ROOT, "ks", "0", "backup-shard")) is not None
+
+    deadline = time.monotonic() + 60
+    while not asyncio.run(locked()):
+        assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lock"
+        time.sleep(0.1)
+    second = ctl(etcd, "backup-shard", "ks/0")
+    out, err = first.communicate(timeout=180)
+    assert "on zone1-0000000102" in out
+    assert first.returncode == 0, err
+    assert second.returncode == 1 and "shard ks/0 is locked by" in second.stderr, second.stderr
+    assert "(backup-shard of ks/0)" in second.stderr
+    assert len(complete_backups(storage_root)) == 1
