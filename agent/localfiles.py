@@ -70,7 +70,17 @@ class FileChunks:
         self._cache = CacheWindow()
         self._iter: AsyncGenerator[bytes, None] | None = None
 
+    @classmethod
+    def from_pipe(cls, fd: int, chunk_size: int, name: str) -> FileChunks:
+        """The read end of a pipe (a child's output), owned from now on: read in threads into the
+        pipeline's buffers like a file, not through the event loop."""
+        chunks = cls(Path(name), chunk_size)
+        chunks._fd = fd
+        return chunks
+
     def open(self) -> None:
+        if self._fd >= 0:
+            return
         flags = os.O_RDONLY | os.O_CLOEXEC | (0 if self._follow else os.O_NOFOLLOW)
         try:
             self._fd = os.open(self.path, flags)

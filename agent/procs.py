@@ -126,12 +126,18 @@ def _exec_error(argv: Sequence[str], cwd: Path | None, e: OSError) -> AgentError
     return ExecError(program, f'exec: "{program}": {reason}')
 
 
+def grow_pipe(fd: int) -> None:
+    """Ask for a PIPE_SIZE pipe buffer (fewer wake-ups per megabyte); best effort."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+
+
 def _grow_pipe(transport: asyncio.BaseTransport | None) -> None:
     pipe = transport.get_extra_info("pipe") if transport is not None else None
     if pipe is None:
         return
-    with contextlib.suppress(OSError, ValueError):
-        fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+    with contextlib.suppress(ValueError):
+        grow_pipe(pipe.fileno())
 
 
 class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):

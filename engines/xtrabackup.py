@@ -12,21 +12,25 @@ Restore: see `engines.xtrabackup_restore`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from agent.compression import Codec
 from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument
+from agent.localfiles import FileChunks
 from agent.manifest import AgentInfo, Manifest, StoredObject
 from agent.mysql import replication
 from agent.mysql.gtid import Flavor, parse_position
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
-from agent.pipeline import CODEC_NICENESS, StoredFile, store, store_striped, stream_chunks
-from agent.procs import PIPE, ExecError, Process, ProcessError, complete, format_argv, in_thread, spawn
+from agent.pipeline import CHUNK_SIZE, CODEC_NICENESS, StoredFile, store, store_striped
+from agent.procs import ExecError, Process, ProcessError, complete, format_argv, grow_pipe, in_thread, spawn
 from agent.storage.base import BackupHandle
 from agent.tablet import AGENT_VERSION, Tablet
 from engines.base import BackupContext, BackupOutcome, RestoreContext
@@ -49,6 +53,9 @@ from engines.xtrabackup_tool import (
 )
 
 WORK_PREFIX = "xtrabackup-"  # <state_dir>/xtrabackup-<operation>: --target-dir and the password file
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -144,19 +151,30 @@ class XtrabackupEngine:
         output = ToolOutput()
         progress = FileProgress(op, "streaming", layout.file_name, run.estimate)
         op.add_total(run.estimate)
+        read_end, write_end = os.pipe()
+        source = FileChunks.from_pipe(read_end, CHUNK_SIZE, f"the output of {run.tool}")
         try:
+            grow_pipe(write_end)
             async with spawn(
                 argv,
-                stdout=PIPE,
+                stdout=write_end,
                 env=child_env(os.environ),
                 on_stderr_line=line_logger(op, output, "xtrabackup"),
                 niceness=CODEC_NICENESS,  # like the compression threads: mysqld comes first
             ) as proc:
-                stored = await _store_stream(ctx.handle, proc, layout, run.codec, progress)
+                os.close(write_end)  # the child holds it now: its exit is our end of stream
+                write_end = -1
+                stored = await _stop_first_on_cancel(
+                    proc, _store_stream(ctx.handle, source, layout, run.codec, progress)
+                )
         except ExecError as e:
             raise FailedPrecondition(f"unable to start backup: {e}") from None
         except ProcessError as e:
             raise output.failure(e) from None
+        finally:
+            source.close()
+            if write_end >= 0:
+                os.close(write_end)
         output.check_completed(proc.argv, proc.stderr_tail)
         return output, stored
 
@@ -200,10 +218,22 @@ def _position(output: ToolOutput, flavor: Flavor) -> str:
         raise AgentError(f"xtrabackup reported a position this agent cannot read: {e}") from None
 
 
+async def _stop_first_on_cancel(proc: Process, work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`, which reads the child's output in threads; if cancelled, stop the child first, so a
+    thread blocked reading its pipe sees the end of the stream instead of waiting for more output."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await proc.shutdown()
+        task.cancel()
+        await asyncio.wait([task])
+        raise
+
+
 async def _store_stream(
-    handle: BackupHandle, proc: Process, layout: Layout, codec: Codec, progress: FileProgress
+    handle: BackupHandle, source: FileChunks, layout: Layout, codec: Codec, progress: FileProgress
 ) -> list[StoredFile]:
-    source = stream_chunks(proc.stdout)
     writers = [await handle.add_file(name) for name in layout.object_names]
     if layout.stripes == 0:
         return [await store(source, writers[0], codec, on_progress=progress)]
