@@ -19,7 +19,9 @@ POLL = 0.5
 
 
 def shard_lock_key(root: str, keyspace: str, shard: str, action: str) -> bytes:
-    return f"{root.rstrip('/')}/keyspaces/{keyspace}/shards/{shard}/locks/{action}".encode()
+    """`<root>/keyspaces/<ks>/shards/<shard>/<action>_lock`: beside Vitess's `locks/` directory, not in it,
+    so Vitess's own shard locks (the lowest key under `locks/` wins) never wait behind a backup."""
+    return f"{root.rstrip('/')}/keyspaces/{keyspace}/shards/{shard}/{action}_lock".encode()
 
 
 def _holder(what: str) -> bytes:
@@ -51,7 +53,7 @@ async def shard_lock(
     wait: float = 0.0,
     ttl: int = LOCK_TTL,
 ) -> AsyncIterator[None]:
-    """Hold `<root>/keyspaces/<ks>/shards/<shard>/locks/backup-shard` for the block. If another holder
+    """Hold `<root>/keyspaces/<ks>/shards/<shard>/backup-shard_lock` for the block. If another holder
     has it, wait up to `wait` seconds, then fail with FailedPrecondition naming the holder."""
     key = shard_lock_key(root, keyspace, shard, "backup-shard")
     lease = await client.grant(ttl)
