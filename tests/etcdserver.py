@@ -23,7 +23,9 @@ class EtcdServer:
     def __init__(self, root: Path) -> None:
         program = find_etcd()
         assert program is not None, MISSING_ETCD
-        self.port, peer = free_port(), free_port()
+        self.port = free_port()
+        while (peer := free_port()) == self.port:
+            pass
         self.address = f"127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
         self._log = (root / "etcd.log").open("wb")

@@ -88,6 +88,10 @@ def shard(
     for i, r in enumerate(replicas):
         alias = f"zone1-000000010{i + 2}"
         agents[alias] = agent_factory(r, alias=alias, extra=flags)
+    deadline = time.monotonic() + 15  # an agent answers Ping a moment before its record is written
+    while len(registered(etcd)) < 3:
+        assert time.monotonic() < deadline, f"registered: {registered(etcd)}"
+        time.sleep(0.1)
     return Shard(primary, replicas, agents)
 
 
