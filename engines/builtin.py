@@ -16,9 +16,11 @@ from agent.manifest import FileBase, FileEntry, Manifest
 from agent.mysql import replication
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
-from agent.pipeline import Workers, file_chunks, restore, store
+from agent.pipeline import file_chunks, store
 from agent.procs import for_each, in_thread
+from agent.restore_pipeline import restore
 from agent.tablet import Tablet
+from agent.workers import Workers
 from engines.base import BackupContext, BackupOutcome, RestoreContext
 from engines.codecs import codec_for_config, codec_for_manifest, manifest_compression_fields
 from engines.datafiles import DataFile, base_directories, find_files_to_backup, restore_path

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from agent.compression import Codec
 from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
+from agent.digests import StoredFile
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument
 from agent.localfiles import FileChunks
 from agent.manifest import AgentInfo, Manifest, StoredObject
@@ -29,10 +30,11 @@ from agent.mysql import replication
 from agent.mysql.gtid import Flavor, parse_position
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
-from agent.pipeline import CHUNK_SIZE, CODEC_NICENESS, StoredFile, store, store_striped
+from agent.pipeline import CHUNK_SIZE, store, store_striped
 from agent.procs import ExecError, Process, ProcessError, complete, format_argv, grow_pipe, in_thread, spawn
 from agent.storage.base import BackupHandle
 from agent.tablet import AGENT_VERSION, Tablet
+from agent.workers import CODEC_NICENESS
 from engines.base import BackupContext, BackupOutcome, RestoreContext
 from engines.codecs import codec_for_config, manifest_compression_fields
 from engines.datafiles import find_files_to_backup

@@ -21,8 +21,8 @@ from agent.manifest import Manifest, StoredObject
 from agent.mysql.gtid import parse_position
 from agent.mysql.mycnf import MyCnf
 from agent.operations import Operation
-from agent.pipeline import DecodedStream, unstripe
 from agent.procs import PIPE, ExecError, ProcessError, complete, format_argv, in_thread, run, spawn
+from agent.restore_pipeline import DecodedStream, unstripe
 from engines.base import RestoreContext
 from engines.codecs import codec_for_manifest
 from engines.progress import FileProgress

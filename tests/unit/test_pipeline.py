@@ -14,18 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.compression import Buffer, Codec, CodecOptions, ExternalCodec, get_codec
+from agent.digests import StoredFile
 from agent.errors import DataLoss, StorageError
-from agent.pipeline import (
-    DecodedStream,
-    StoredFile,
-    file_chunks,
-    restore,
-    store,
-    store_striped,
-    stream_chunks,
-    unstripe,
-)
+from agent.pipeline import file_chunks, store, store_striped, stream_chunks
 from agent.procs import ProcessError
+from agent.restore_pipeline import DecodedStream, restore, unstripe
 from agent.storage.file import FileBackupStorage
 
 CODECS = ["zstd", "pgzip", "lz4", "none"]
