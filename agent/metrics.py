@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.errors import ConfigError
 from agent.operations import Kind, Operation, OperationRunner, Result
 
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
@@ -89,7 +90,12 @@ class AgentMetrics:
 
     def serve(self, address: str, port: int) -> int:
         """Serve /metrics on a background thread; the bound port."""
-        self._server, _ = start_http_server(port, addr=address, registry=self.registry)
+        try:
+            self._server, _ = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot serve metrics on {address}:{port}: {e.strerror or e}; choose another --metrics_port"
+            ) from None
         bound: int = self._server.server_port
         return bound
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -191,3 +192,21 @@ def test_metrics_endpoint_after_backups(
         line.startswith('tablet_agent_operation_bytes_total{engine="builtin",kind="backup"}')
         for line in lines
     )
+
+
+def test_metrics_port_in_use_and_unreachable_topology_exit_2(
+    replica: Sandbox, agent_factory: AgentFactory
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        nobody = free_port()
+        for extra, text in (
+            (["--metrics_port", str(port)], f"cannot serve metrics on 127.0.0.1:{port}"),
+            (["--topo_implementation", "etcd2", "--topo_global_server_address", f"127.0.0.1:{nobody}"],
+             "no etcd endpoint answered"),
+        ):  # fmt: skip
+            agent = agent_factory(replica, extra=extra, start=False)
+            done = subprocess.run(agent.argv, env=agent.env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2 and text in done.stderr, done.stderr[-2000:]
