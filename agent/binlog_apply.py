@@ -259,9 +259,13 @@ async def choose_applier(
         reasons.append("the server is not MariaDB")
     files = [f for step in steps for f in step.files]
     info = await tablet.mysqld.server_info()
-    row = await tablet.client.query_one("SELECT @@GLOBAL.log_bin AS log_bin, @@GLOBAL.log_slave_updates AS updates")
+    row = await tablet.client.query_one(
+        "SELECT @@GLOBAL.log_bin AS log_bin, @@GLOBAL.log_slave_updates AS updates"
+    )
     if row is not None and str(row["log_bin"]) == "1" and str(row["updates"]) == "0":
-        reasons.append("log_slave_updates is off: replicated transactions would not reach this server's binlog")
+        reasons.append(
+            "log_slave_updates is off: replicated transactions would not reach this server's binlog"
+        )
     if await in_thread(own_transactions, files, info.server_id):
         reasons.append(f"the binlogs hold transactions of this server's own server_id {info.server_id}")
     if not reasons:

@@ -126,6 +126,30 @@ def _exec_error(argv: Sequence[str], cwd: Path | None, e: OSError) -> AgentError
     return ExecError(program, f'exec: "{program}": {reason}')
 
 
+async def stop_first_on_cancel(proc: Process, work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`, which moves a child's output or input through a pipe in threads; if cancelled,
+    stop the child first, so a thread blocked on the pipe returns instead of waiting for the child."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await proc.shutdown()
+        task.cancel()
+        await asyncio.wait([task])
+        raise
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> bool:
+    """Write everything to a pipe (blocking: call it in a thread); False if the reader went away."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        return False
+    return True
+
+
 def grow_pipe(fd: int) -> None:
     """Ask for a PIPE_SIZE pipe buffer (fewer wake-ups per megabyte); best effort."""
     with contextlib.suppress(OSError):

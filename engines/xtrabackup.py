@@ -12,13 +12,10 @@ Restore: see `engines.xtrabackup_restore`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 from agent.compression import Codec
 from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
@@ -31,7 +28,16 @@ from agent.mysql.gtid import Flavor, parse_position
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
 from agent.pipeline import CHUNK_SIZE, store, store_striped
-from agent.procs import ExecError, Process, ProcessError, complete, format_argv, grow_pipe, in_thread, spawn
+from agent.procs import (
+    ExecError,
+    ProcessError,
+    complete,
+    format_argv,
+    grow_pipe,
+    in_thread,
+    spawn,
+    stop_first_on_cancel,
+)
 from agent.storage.base import BackupHandle
 from agent.tablet import AGENT_VERSION, Tablet
 from agent.workers import CODEC_NICENESS
@@ -55,9 +61,6 @@ from engines.xtrabackup_tool import (
 )
 
 WORK_PREFIX = "xtrabackup-"  # <state_dir>/xtrabackup-<operation>: --target-dir and the password file
-
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,7 @@ class XtrabackupEngine:
             ) as proc:
                 os.close(write_end)  # the child holds it now: its exit is our end of stream
                 write_end = -1
-                stored = await _stop_first_on_cancel(
+                stored = await stop_first_on_cancel(
                     proc, _store_stream(ctx.handle, source, layout, run.codec, progress)
                 )
         except ExecError as e:
@@ -218,19 +221,6 @@ def _position(output: ToolOutput, flavor: Flavor) -> str:
         return str(parse_position(output.gtids, default_flavor=flavor))
     except InvalidArgument as e:
         raise AgentError(f"xtrabackup reported a position this agent cannot read: {e}") from None
-
-
-async def _stop_first_on_cancel(proc: Process, work: Coroutine[Any, Any, T]) -> T:
-    """Await `work`, which reads the child's output in threads; if cancelled, stop the child first, so a
-    thread blocked reading its pipe sees the end of the stream instead of waiting for more output."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await proc.shutdown()
-        task.cancel()
-        await asyncio.wait([task])
-        raise
 
 
 async def _store_stream(

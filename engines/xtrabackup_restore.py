@@ -21,7 +21,19 @@ from agent.manifest import Manifest, StoredObject
 from agent.mysql.gtid import parse_position
 from agent.mysql.mycnf import MyCnf
 from agent.operations import Operation
-from agent.procs import PIPE, ExecError, ProcessError, complete, format_argv, in_thread, run, spawn
+from agent.procs import (
+    ExecError,
+    Process,
+    ProcessError,
+    complete,
+    format_argv,
+    grow_pipe,
+    in_thread,
+    run,
+    spawn,
+    stop_first_on_cancel,
+    write_all,
+)
 from agent.restore_pipeline import DecodedStream, unstripe
 from engines.base import RestoreContext
 from engines.codecs import codec_for_manifest
@@ -99,20 +111,19 @@ async def _extract(
     source: AsyncIterator[bytes] = streams[0] if layout.stripes == 0 else unstripe(streams, layout.block_size)
     output = ToolOutput()
     op.info(f"running {format_argv(argv)}")
+    read_end, write_end = os.pipe()
+    stdin = [write_end]  # closed by _feed at the end of the stream, else below
     try:
+        grow_pipe(write_end)
         async with spawn(
-            argv, stdin=PIPE, env=child_env(os.environ), on_stderr_line=line_logger(op, output, "xbstream")
+            argv,
+            stdin=read_end,
+            env=child_env(os.environ),
+            on_stderr_line=line_logger(op, output, "xbstream"),
         ) as proc:
-            failure: ProcessError | None = None
-            async for chunk in source:
-                progress(len(chunk))
-                if failure is None:
-                    try:
-                        await proc.write(chunk)
-                    except ProcessError as e:
-                        failure = e  # keep reading: a hash mismatch explains a broken stream best
-            if failure is not None:
-                raise failure
+            os.close(read_end)
+            read_end = -1
+            await stop_first_on_cancel(proc, _feed(proc, source, stdin, progress))
         # xbstream/mbstream skip entries named outside the target ("invalid filename") and still exit 0.
         if output.refused_names:
             raise DataLoss(
@@ -122,8 +133,31 @@ async def _extract(
     except ExecError as e:
         raise FailedPrecondition(f"unable to start restore: {e}") from None
     finally:
+        for fd in (read_end, stdin[0]):
+            if fd >= 0:
+                os.close(fd)
         for stream in streams:
             await stream.aclose()
+
+
+async def _feed(
+    proc: Process, source: AsyncIterator[bytes], stdin: list[int], progress: FileProgress
+) -> None:
+    """Write the decoded stream into the tool's stdin (`stdin[0]`, closed and set to -1 at the end) from
+    threads: the event loop only moves the decoded chunks along."""
+    broken = False
+    try:
+        async for chunk in source:
+            progress(len(chunk))
+            if not broken:
+                broken = not await in_thread(write_all, stdin[0], chunk)
+            # after a broken pipe, keep reading: a hash mismatch explains a broken stream best
+    finally:
+        os.close(stdin[0])
+        stdin[0] = -1
+    if broken:
+        await proc.wait()  # the tool's own error, if it failed
+        raise proc.error("stopped reading its input before the end of the stream")
 
 
 async def _run_tool(op: Operation, argv: list[str]) -> None:
