@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -28,18 +27,17 @@ from typing import Any, TypeVar
 import grpc
 
 from agent.errors import AgentError
+from agent.pipes import grow_transport_pipe
 
 T = TypeVar("T")
 
 PIPE = asyncio.subprocess.PIPE
 DEVNULL = asyncio.subprocess.DEVNULL
 STREAM_LIMIT = 4 << 20  # StreamReader buffer limit: the pipeline reads 1-4 MiB chunks from stdout
-PIPE_SIZE = 1 << 20  # kernel pipe buffer asked for (F_SETPIPE_SZ), fewer wake-ups per MiB
 KILL_GRACE = 5.0
 TAIL_LINES = 30
 MAX_LINE = 8192
 MAX_RUN_OUTPUT = 64 << 20
-_F_SETPIPE_SZ = 1031
 
 _SECRET = r"[A-Za-z0-9_-]*(?:password|passwd|secret|token|credential)[A-Za-z0-9_-]*"
 _SECRET_WITH_VALUE = re.compile(rf"^(--?{_SECRET})=.*$", re.IGNORECASE)
@@ -124,44 +122,6 @@ def _exec_error(argv: Sequence[str], cwd: Path | None, e: OSError) -> AgentError
     if "/" in program:
         return ExecError(program, f"fork/exec {program}: {(e.strerror or str(e)).lower()}")
     return ExecError(program, f'exec: "{program}": {reason}')
-
-
-async def stop_first_on_cancel(proc: Process, work: Coroutine[Any, Any, T]) -> T:
-    """Await `work`, which moves a child's output or input through a pipe in threads; if cancelled,
-    stop the child first, so a thread blocked on the pipe returns instead of waiting for the child."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await proc.shutdown()
-        task.cancel()
-        await asyncio.wait([task])
-        raise
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> bool:
-    """Write everything to a pipe (blocking: call it in a thread); False if the reader went away."""
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except BrokenPipeError:
-        return False
-    return True
-
-
-def grow_pipe(fd: int) -> None:
-    """Ask for a PIPE_SIZE pipe buffer (fewer wake-ups per megabyte); best effort."""
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
-
-
-def _grow_pipe(transport: asyncio.BaseTransport | None) -> None:
-    pipe = transport.get_extra_info("pipe") if transport is not None else None
-    if pipe is None:
-        return
-    with contextlib.suppress(ValueError):
-        grow_pipe(pipe.fileno())
 
 
 class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
@@ -392,7 +352,7 @@ async def spawn(
             await wrap(*starting.result()).shutdown()
         raise
     for fd in (0, 1):
-        _grow_pipe(transport.get_pipe_transport(fd))
+        grow_transport_pipe(transport.get_pipe_transport(fd))
     if niceness:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, transport.get_pid(), niceness)

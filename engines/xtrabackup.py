@@ -28,15 +28,14 @@ from agent.mysql.gtid import Flavor, parse_position
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
 from agent.pipeline import CHUNK_SIZE, store, store_striped
+from agent.pipes import grow_pipe, stop_first_on_cancel
 from agent.procs import (
     ExecError,
     ProcessError,
     complete,
     format_argv,
-    grow_pipe,
     in_thread,
     spawn,
-    stop_first_on_cancel,
 )
 from agent.storage.base import BackupHandle
 from agent.tablet import AGENT_VERSION, Tablet

@@ -21,18 +21,16 @@ from agent.manifest import Manifest, StoredObject
 from agent.mysql.gtid import parse_position
 from agent.mysql.mycnf import MyCnf
 from agent.operations import Operation
+from agent.pipes import grow_pipe, stop_first_on_cancel, write_all
 from agent.procs import (
     ExecError,
     Process,
     ProcessError,
     complete,
     format_argv,
-    grow_pipe,
     in_thread,
     run,
     spawn,
-    stop_first_on_cancel,
-    write_all,
 )
 from agent.restore_pipeline import DecodedStream, unstripe
 from engines.base import RestoreContext
