@@ -22,15 +22,12 @@ from typing import Protocol, runtime_checkable
 import lz4.frame
 import zstandard
 
-from agent.errors import DataLoss, FailedPrecondition, InvalidArgument
+from agent.errors import CorruptData, FailedPrecondition, InvalidArgument
+from agent.zstd_frames import BLOCKS_PER_STEP, FRAME_END, HEADER_END, ZstdScanner
 
 Buffer = bytes | bytearray | memoryview
 PIECE = 4 << 20  # a decompressor yields at most about this much at a time
 _INPUT_SLICE = 256 << 10  # zlib/lz4 input fed per call, bounding the copies of unconsumed input
-
-
-class CorruptData(DataLoss):
-    """Stored bytes are not a valid (or complete) stream of the codec."""
 
 
 OutputBuffers = Callable[[int], memoryview]  # a writable buffer of at least n bytes
@@ -173,119 +170,6 @@ class _FramedCompressor:
         self._buf = bytearray()
 
 
-_ZSTD_MAGIC = 0xFD2FB528
-_BLOCKS_PER_STEP = 32  # a zstd block decodes to at most 128 KiB: 32 blocks ~ PIECE
-# Scanner states: collect a header of N bytes, or skip N bytes.
-_MAGIC, _FHD, _FRAME_HEADER_REST, _BLOCK_HEADER = "magic", "fhd", "frame-header", "block-header"
-_BLOCK_BODY, _CHECKSUM, _SKIP_SIZE, _SKIPPABLE = "block", "checksum", "skip-size", "skippable"
-_SKIPPING = frozenset({_BLOCK_BODY, _CHECKSUM, _SKIPPABLE})
-# What `advance` stopped at.
-_MORE, _BLOCK_END, _HEADER_END, _FRAME_END = "more", "block-end", "header-end", "frame-end"
-
-
-class _ZstdScanner:
-    """Follows zstd frame and block headers (RFC 8878) without decoding: finds block and frame
-    boundaries so input can be fed a bounded number of blocks at a time, reads each frame's content
-    size, and knows whether a frame is open."""
-
-    def __init__(self) -> None:
-        self._state = _MAGIC
-        self._header = bytearray()
-        self._need = 4  # header bytes to collect, or bytes to skip
-        self._checksum = False
-        self._last = False
-        self._fhd = 0
-        self.content_size: int | None = None  # of the current frame, once its header is read
-
-    @property
-    def at_frame_boundary(self) -> bool:
-        return self._state == _MAGIC and not self._header
-
-    def advance(self, data: memoryview, max_blocks: int) -> tuple[int, str]:
-        """Consume input up to the end of the `max_blocks`-th block, of a frame header or of a
-        frame, whichever comes first: (bytes used, what it stopped at)."""
-        pos, size, blocks = 0, len(data), 0
-        while pos < size:
-            if self._state in _SKIPPING:
-                take = min(self._need, size - pos)
-                pos += take
-                self._need -= take
-                if self._need:
-                    break
-                event = self._end_skip()
-            else:
-                take = min(self._need - len(self._header), size - pos)
-                self._header += data[pos : pos + take]
-                pos += take
-                if len(self._header) < self._need:
-                    break
-                header = bytes(self._header)
-                self._header.clear()
-                event = self._on_header(header)
-            if event == _BLOCK_END:
-                blocks += 1
-                if blocks < max_blocks:
-                    continue
-            if event != _MORE:
-                return pos, event
-        return pos, _MORE
-
-    def _collect(self, state: str, n: int) -> str:
-        self._state, self._need = state, n
-        return _MORE
-
-    def _skip(self, state: str, n: int) -> str:
-        self._state, self._need = state, n
-        return self._end_skip() if n == 0 else _MORE
-
-    def _on_header(self, h: bytes) -> str:
-        """Handle a complete header: what it ended."""
-        if self._state == _MAGIC:
-            magic = int.from_bytes(h, "little")
-            if magic == _ZSTD_MAGIC:
-                return self._collect(_FHD, 1)
-            if magic & 0xFFFFFFF0 == 0x184D2A50:
-                self.content_size = None
-                return self._collect(_SKIP_SIZE, 4)
-            raise CorruptData(f"not zstd data (frame magic {magic:#010x})")
-        if self._state == _FHD:
-            d = self._fhd = h[0]
-            if d & 0x08:
-                raise CorruptData("invalid zstd frame header (reserved bit set)")
-            single = bool(d & 0x20)
-            self._checksum = bool(d & 0x04)
-            fcs = (1 if single else 0, 2, 4, 8)[d >> 6]
-            # Never 0: without the single-segment flag there is a window descriptor.
-            return self._collect(_FRAME_HEADER_REST, (0 if single else 1) + (0, 1, 2, 4)[d & 3] + fcs)
-        if self._state == _FRAME_HEADER_REST:
-            fcs = (1 if self._fhd & 0x20 else 0, 2, 4, 8)[self._fhd >> 6]
-            value = int.from_bytes(h[len(h) - fcs :], "little") if fcs else None
-            self.content_size = value + 256 if fcs == 2 and value is not None else value
-            self._collect(_BLOCK_HEADER, 3)
-            return _HEADER_END
-        if self._state == _BLOCK_HEADER:
-            v = int.from_bytes(h, "little")
-            kind = (v >> 1) & 3
-            if kind == 3:
-                raise CorruptData("invalid zstd block type")
-            self._last = bool(v & 1)
-            return self._skip(_BLOCK_BODY, 1 if kind == 1 else v >> 3)
-        # _SKIP_SIZE
-        return self._skip(_SKIPPABLE, int.from_bytes(h, "little"))
-
-    def _end_skip(self) -> str:
-        """The bytes to skip are consumed: move on; what that ended."""
-        if self._state == _BLOCK_BODY:
-            if not self._last:
-                self._collect(_BLOCK_HEADER, 3)
-                return _BLOCK_END
-            if self._checksum:
-                self._skip(_CHECKSUM, 4)
-                return _BLOCK_END
-        self._collect(_MAGIC, 4)  # after the last block, the checksum or a skippable frame
-        return _FRAME_END
-
-
 _WHOLE_FRAME_SLACK = 64 << 10  # a frame of at most PIECE content is at most this much bigger
 
 
@@ -298,7 +182,7 @@ class _ZstdDecompressor:
         self._output = output
         self._whole = zstandard.ZstdDecompressor()
         self._stream = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-        self._scan = _ZstdScanner()
+        self._scan = ZstdScanner()
         self._held: list[memoryview] = []  # the current frame's parts in the current input
         self._spill = bytearray()  # its start from earlier inputs (`spilled` bytes; reused)
         self._spilled = 0
@@ -308,20 +192,20 @@ class _ZstdDecompressor:
     def decompress(self, data: Buffer) -> Iterator[Buffer]:
         view = memoryview(data)
         while view:
-            n, event = self._scan.advance(view, _BLOCKS_PER_STEP)
+            n, event = self._scan.advance(view, BLOCKS_PER_STEP)
             part, view = view[:n], view[n:]
             if self._streaming:
                 yield from self._feed(part)
-                self._streaming = event != _FRAME_END
+                self._streaming = event != FRAME_END
                 continue
             self._held.append(part)
             self._held_size += n
             size = self._scan.content_size
-            if event == _FRAME_END:
+            if event == FRAME_END:
                 with self._take_held() as frame:
                     if size is not None:  # else a skippable frame
                         yield from self._decode_whole(frame, size)
-            elif event == _HEADER_END and (size is None or size > PIECE):
+            elif event == HEADER_END and (size is None or size > PIECE):
                 self._streaming = True
                 with self._take_held() as frame:
                     yield from self._feed(frame)
@@ -379,9 +263,9 @@ class _ZstdDecompressor:
 
     def _feed_in_steps(self, data: Buffer) -> Iterator[Buffer]:
         """Held bytes from the start of a frame, fed a bounded number of blocks at a time."""
-        scan, view = _ZstdScanner(), memoryview(data)
+        scan, view = ZstdScanner(), memoryview(data)
         while view:
-            n, _ = scan.advance(view, _BLOCKS_PER_STEP)
+            n, _ = scan.advance(view, BLOCKS_PER_STEP)
             yield from self._feed(view[:n])
             view = view[n:]
 

@@ -58,6 +58,10 @@ class DataLoss(AgentError):
     code = grpc.StatusCode.DATA_LOSS
 
 
+class CorruptData(DataLoss):
+    """Stored bytes are not a valid (or complete) stream of their codec."""
+
+
 class StorageError(AgentError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -10,9 +10,9 @@ import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
-from agent.compression import Buffer, Codec, CorruptData, Decompressor, ExternalCodec, InProcessCodec
+from agent.compression import Buffer, Codec, Decompressor, ExternalCodec, InProcessCodec
 from agent.digests import Digest, StoredFile, hash_mismatch
-from agent.errors import DataLoss
+from agent.errors import CorruptData, DataLoss
 from agent.localfiles import FileChunks, LocalFile
 from agent.pipeline import CHUNK_SIZE, LineCallback, aclose_quietly, stream_chunks
 from agent.procs import PIPE, ProcessError, complete, in_thread, run_concurrently, spawn
