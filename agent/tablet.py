@@ -7,14 +7,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.backup_summary import BackupSummary
+from agent.catalog.summary import BackupSummary
 from agent.config import AgentConfig
-from agent.metrics import AgentMetrics
+from agent.daemon.metrics import AgentMetrics
 from agent.mysql.client import Credentials, MysqlClient, credentials_from
 from agent.mysql.mycnf import MyCnf, read_mycnf
 from agent.mysql.mysqld import Mysqld
+from agent.mysql.state import MysqldStateCache
 from agent.operations import OperationRunner
-from agent.status import MysqldStateCache
 from agent.storage import BackupStorage, storage_from_config
 
 AGENT_VERSION = "0.1.0"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.binlog_selection import select_binlogs
+from agent.binlogs.selection import select_binlogs
 from agent.mysql.binlog_headers import read_binlog_header
 from agent.mysql.gtid import Flavor, GTIDSet, MariaDBGTID, MariaDBGTIDSet, MySQL56GTIDSet, Position
 from bench.common import drop_caches

@@ -80,7 +80,7 @@ def main() -> int:
     )
     address = f"127.0.0.1:{port}"
     argv = [
-        sys.executable, "-m", "agent.main", "--tablet-path", ALIAS, "--init_keyspace", "commerce",
+        sys.executable, "-m", "agent.daemon.main", "--tablet-path", ALIAS, "--init_keyspace", "commerce",
         "--init_shard", "0", "--grpc_port", str(port), "--mycnf_file", str(replica.cnf),
         "--backup_storage_implementation", "file", "--file_backup_storage_root", str(VAR / "backups"),
         "--state_dir", str(VAR / "agent-state"), "--log_format", "console",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from agent.catalog.manifest import Manifest
 from agent.config import EngineName
 from agent.errors import DataLoss, Unimplemented
-from agent.manifest import Manifest
-from agent.requests import BackupParams
+from agent.params import BackupParams
 from engines.base import Engine
 from engines.binlog import BinlogEngine
 from engines.builtin import BuiltinEngine

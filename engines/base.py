@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.manifest import Manifest
+from agent.catalog.manifest import Manifest
 from agent.operations import Operation
-from agent.requests import BackupParams
+from agent.params import BackupParams
 from agent.storage.base import BackupHandle
 from agent.tablet import Tablet
 

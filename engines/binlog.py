@@ -12,10 +12,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.binlog_selection import select_binlogs
-from agent.catalog import list_backup_entries
+from agent.aio.tasks import in_thread
+from agent.binlogs.selection import select_binlogs
+from agent.catalog.listing import list_backup_entries
+from agent.catalog.manifest import FileBase, IncrementalDetails, Manifest, format_time
 from agent.errors import DataLoss, FailedPrecondition
-from agent.manifest import FileBase, IncrementalDetails, Manifest, format_time
 from agent.mysql import replication
 from agent.mysql.binlog_headers import (
     BinlogHeader,
@@ -23,14 +24,13 @@ from agent.mysql.binlog_headers import (
     previous_gtids_from_binlog_events,
     read_binlog_header,
 )
+from agent.mysql.datafiles import DataFile
 from agent.mysql.gtid import Flavor, GTIDSet, Position, parse_gtid_set, parse_position
 from agent.mysql.mysqld import ServerFlavor
-from agent.procs import in_thread
 from agent.tablet import Tablet
 from engines.base import BackupContext, BackupOutcome, RestoreContext
 from engines.builtin import copy_files, restore_files
 from engines.codecs import manifest_compression_fields
-from engines.datafiles import DataFile
 
 MANIFEST_METHOD = "builtin"
 

@@ -9,22 +9,22 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.compression import Codec
-from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
-from agent.localfiles import fsync_path
-from agent.manifest import FileBase, FileEntry, Manifest
+from agent.aio.localfiles import fsync_path
+from agent.aio.tasks import for_each, in_thread
+from agent.catalog.manifest import FileBase, FileEntry, Manifest
 from agent.mysql import replication
+from agent.mysql.datafiles import DataFile, base_directories, find_files_to_backup, restore_path
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
-from agent.pipeline import file_chunks, store
-from agent.procs import for_each, in_thread
-from agent.restore_pipeline import restore
+from agent.pipeline.compression import Codec
+from agent.pipeline.load import restore
+from agent.pipeline.progress import FileProgress
+from agent.pipeline.store import file_chunks, store
+from agent.pipeline.workers import Workers
+from agent.statedir.crash_records import OfflineRecord, clear_offline_record, write_offline_record
 from agent.tablet import Tablet
-from agent.workers import Workers
 from engines.base import BackupContext, BackupOutcome, RestoreContext
 from engines.codecs import codec_for_config, codec_for_manifest, manifest_compression_fields
-from engines.datafiles import DataFile, base_directories, find_files_to_backup, restore_path
-from engines.progress import FileProgress
 
 
 def flavor_prefix(flavor: ServerFlavor) -> str:

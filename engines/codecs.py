@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import compression
+from agent.catalog.manifest import Manifest
 from agent.config import AgentConfig
-from agent.manifest import Manifest
+from agent.pipeline import compression
 
 
 def codec_options(config: AgentConfig) -> compression.CodecOptions:

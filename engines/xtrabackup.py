@@ -17,33 +17,27 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.compression import Codec
-from agent.crash_state import OfflineRecord, clear_offline_record, write_offline_record
-from agent.digests import StoredFile
+from agent.aio.localfiles import FileChunks
+from agent.aio.pipes import grow_pipe, stop_first_on_cancel
+from agent.aio.procs import ExecError, ProcessError, format_argv, spawn
+from agent.aio.tasks import complete, in_thread
+from agent.catalog.manifest import AgentInfo, Manifest, StoredObject
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument
-from agent.localfiles import FileChunks
-from agent.manifest import AgentInfo, Manifest, StoredObject
 from agent.mysql import replication
+from agent.mysql.datafiles import find_files_to_backup
 from agent.mysql.gtid import Flavor, parse_position
 from agent.mysql.mysqld import ServerFlavor
 from agent.operations import Operation
-from agent.pipeline import CHUNK_SIZE, store, store_striped
-from agent.pipes import grow_pipe, stop_first_on_cancel
-from agent.procs import (
-    ExecError,
-    ProcessError,
-    complete,
-    format_argv,
-    in_thread,
-    spawn,
-)
+from agent.pipeline.compression import Codec
+from agent.pipeline.digests import StoredFile
+from agent.pipeline.progress import FileProgress
+from agent.pipeline.store import CHUNK_SIZE, store, store_striped
+from agent.pipeline.workers import CODEC_NICENESS
+from agent.statedir.crash_records import OfflineRecord, clear_offline_record, write_offline_record
 from agent.storage.base import BackupHandle
 from agent.tablet import AGENT_VERSION, Tablet
-from agent.workers import CODEC_NICENESS
 from engines.base import BackupContext, BackupOutcome, RestoreContext
 from engines.codecs import codec_for_config, manifest_compression_fields
-from engines.datafiles import find_files_to_backup
-from engines.progress import FileProgress
 from engines.xtrabackup_layout import Layout, layout_of, object_records
 from engines.xtrabackup_restore import restore_backup
 from engines.xtrabackup_tool import (

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.catalog.manifest import Manifest, StoredObject
 from agent.errors import DataLoss, InvalidArgument
-from agent.manifest import Manifest, StoredObject
 from agent.storage.base import validate_object_name
 from engines.xtrabackup_tool import StreamMode, stream_mode
 

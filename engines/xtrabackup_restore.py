@@ -15,27 +15,19 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from agent.compression import Codec
+from agent.aio.pipes import grow_pipe, stop_first_on_cancel, write_all
+from agent.aio.procs import ExecError, Process, ProcessError, format_argv, run, spawn
+from agent.aio.tasks import complete, in_thread
+from agent.catalog.manifest import Manifest, StoredObject
 from agent.errors import DataLoss, FailedPrecondition, InvalidArgument
-from agent.manifest import Manifest, StoredObject
 from agent.mysql.gtid import parse_position
 from agent.mysql.mycnf import MyCnf
 from agent.operations import Operation
-from agent.pipes import grow_pipe, stop_first_on_cancel, write_all
-from agent.procs import (
-    ExecError,
-    Process,
-    ProcessError,
-    complete,
-    format_argv,
-    in_thread,
-    run,
-    spawn,
-)
-from agent.restore_pipeline import DecodedStream, unstripe
+from agent.pipeline.compression import Codec
+from agent.pipeline.load import DecodedStream, unstripe
+from agent.pipeline.progress import FileProgress
 from engines.base import RestoreContext
 from engines.codecs import codec_for_manifest
-from engines.progress import FileProgress
 from engines.xtrabackup_layout import Layout, layout_of, object_records
 from engines.xtrabackup_tool import (
     ToolOutput,

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import grpc
 
+from agent.aio.procs import ProcessError, describe_exit, redact_argv
 from agent.config import AgentConfig
 from agent.errors import AgentError, DataLoss, FailedPrecondition, InvalidArgument
 from agent.mysql.client import Credentials
 from agent.operations import Operation
-from agent.procs import ProcessError, describe_exit, redact_argv
 
 DEFAULT_XTRABACKUP = "xtrabackup"
 DEFAULT_XBSTREAM = "xbstream"

@@ -45,7 +45,7 @@ class AgentProcess:
         self.workdir = workdir
         self.log_path = workdir / f"agent-{self.port}.log"
         self.argv = [
-            sys.executable, "-m", "agent.main",
+            sys.executable, "-m", "agent.daemon.main",
             "--tablet-path", alias, "--init_keyspace", keyspace, "--init_shard", shard,
             "--grpc_port", str(self.port), "--mycnf_file", str(mycnf),
             "--backup_storage_implementation", "file", "--file_backup_storage_root", str(storage_root),

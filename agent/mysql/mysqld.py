@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.aio.procs import describe_exit, format_argv
 from agent.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from agent.mysql.client import MysqlClient, MysqlSession, QueryError
 from agent.mysql.mycnf import MyCnf
-from agent.procs import describe_exit, format_argv
 
 POLL_INTERVAL = 0.15
 ERROR_LOG_LINES = 20

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from agent.aio.localfiles import CacheWindow, FileChunks
+from agent.aio.tasks import in_thread
 from agent.errors import FailedPrecondition, NotFound, StorageError
-from agent.localfiles import CacheWindow, FileChunks
-from agent.procs import in_thread
 from agent.storage.base import (
     BackupHandle,
     BackupWriter,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.binlog_selection import select_binlogs
+from agent.binlogs.selection import select_binlogs
 from agent.mysql.binlog_headers import (
     BinlogHeader,
     parse_binlog_gtid_pos,

@@ -72,7 +72,7 @@ def test_raw_bytes_reach_the_right_fields(replica: Sandbox, agent_factory: Agent
 
 def _run_agent(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.main", *args],
+        [sys.executable, "-m", "agent.daemon.main", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from agent.convert import time_to_pb
+from agent.daemon.convert import time_to_pb
 from agent.pb import agentdata_pb2, topodata_pb2
 from tests.conftest import SandboxFactory
 from tests.integration.conftest import AgentFactory

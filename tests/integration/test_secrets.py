@@ -71,7 +71,7 @@ def test_password_is_never_shown(
     # the wrong password gives a clear error without echoing it
     creds.write_text(f"[client]\nuser=agent\npassword=wrong-{SECRET}\nsocket={replica.socket}\n")
     res = subprocess.run(
-        [sys.executable, "-m", "agent.main", *agent.argv[3:], "--grpc_port", "0"],
+        [sys.executable, "-m", "agent.daemon.main", *agent.argv[3:], "--grpc_port", "0"],
         capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert res.returncode == 2

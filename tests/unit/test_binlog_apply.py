@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.binlog_apply import binlog_argv, own_transactions, position_before
+from agent.binlogs.apply import binlog_argv, own_transactions, position_before
 from agent.mysql.binlog_transactions import read_transactions
 from agent.mysql.gtid import Flavor, parse_position
 from tests.unit.test_binlog_headers import T0, BinlogBuilder

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from agent.binlog_selection import BinlogSelection, select_binlogs
+from agent.binlogs.selection import BinlogSelection, select_binlogs
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument, NothingToBackup
 from agent.mysql.gtid import Flavor, GTIDSet, MySQL56GTIDSet, Position, parse_gtid_set, parse_position
 

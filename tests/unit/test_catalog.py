@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.catalog import (
+from agent.catalog.listing import (
     BackupEntry,
     list_backup_entries,
     newest_complete_full,
     read_manifest,
     write_manifest,
 )
+from agent.catalog.manifest import Manifest, format_time
 from agent.errors import FailedPrecondition, StorageError
-from agent.manifest import Manifest, format_time
 from agent.storage.base import BackupHandle, BackupWriter
 from agent.storage.file import FileBackupStorage
 

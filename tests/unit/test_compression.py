@@ -10,7 +10,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.compression import (
+from agent.errors import FailedPrecondition, InvalidArgument
+from agent.pipeline.compression import (
     CODECS,
     PIECE,
     CodecOptions,
@@ -24,7 +25,6 @@ from agent.compression import (
     get_codec,
     manifest_compression,
 )
-from agent.errors import FailedPrecondition, InvalidArgument
 
 IN_PROCESS = ["zstd", "pgzip", "pargzip", "lz4", "none"]
 CLI = {"zstd": ["zstd", "-dc"], "pgzip": ["gzip", "-dc"], "pargzip": ["gzip", "-dc"], "lz4": ["lz4", "-dc"]}

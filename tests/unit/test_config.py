@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, build_config, normalize_alias
+from agent.daemon.main import main, normalize_argv, parse_config
 from agent.errors import ConfigError
-from agent.main import main, normalize_argv, parse_config
 
 BASE = {
     "tablet_alias": "zone1-102",

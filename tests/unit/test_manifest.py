@@ -3,8 +3,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from agent.errors import DataLoss, InvalidArgument
-from agent.manifest import (
+from agent.catalog.manifest import (
     AgentInfo,
     FileBase,
     FileEntry,
@@ -18,6 +17,7 @@ from agent.manifest import (
     parse_time,
     validate_file_entries,
 )
+from agent.errors import DataLoss, InvalidArgument
 
 # As Vitess's builtin engine writes it (json.MarshalIndent, Go field names).
 VITESS_BUILTIN = """{

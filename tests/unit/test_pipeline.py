@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.compression import Buffer, Codec, CodecOptions, ExternalCodec, get_codec
-from agent.digests import StoredFile
+from agent.aio.procs import ProcessError
 from agent.errors import DataLoss, StorageError
-from agent.pipeline import file_chunks, store, store_striped, stream_chunks
-from agent.procs import ProcessError
-from agent.restore_pipeline import DecodedStream, restore, unstripe
+from agent.pipeline.compression import Buffer, Codec, CodecOptions, ExternalCodec, get_codec
+from agent.pipeline.digests import StoredFile
+from agent.pipeline.load import DecodedStream, restore, unstripe
+from agent.pipeline.store import file_chunks, store, store_striped, stream_chunks
 from agent.storage.file import FileBackupStorage
 
 CODECS = ["zstd", "pgzip", "lz4", "none"]

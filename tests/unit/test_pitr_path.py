@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from agent.catalog import BackupEntry
+from agent.catalog.listing import BackupEntry
+from agent.catalog.manifest import IncrementalDetails, Manifest, format_time
+from agent.catalog.pitr_path import path_to_position, path_to_time
 from agent.errors import FailedPrecondition
-from agent.manifest import IncrementalDetails, Manifest, format_time
 from agent.mysql.gtid import parse_position
-from agent.pitr_path import path_to_position, path_to_time
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
 

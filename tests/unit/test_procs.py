@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.procs import (
-    PIPE,
-    ExecError,
-    ProcessError,
-    complete,
-    in_thread,
-    redact_argv,
-    run,
-    run_concurrently,
-    spawn,
-)
+from agent.aio.procs import PIPE, ExecError, ProcessError, redact_argv, run, spawn
+from agent.aio.tasks import complete, in_thread, run_concurrently
 
 
 def _alive(pid: int) -> bool:

@@ -3,7 +3,7 @@ import os
 import socket
 from pathlib import Path
 
-from agent.sdnotify import SystemdNotifier
+from agent.daemon.sdnotify import SystemdNotifier
 
 
 def _listener(path: Path) -> socket.socket:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import agent.storage.file as file_mod
+from agent.aio.tasks import in_thread
 from agent.errors import FailedPrecondition, InvalidArgument, NotFound, StorageError
-from agent.procs import in_thread
 from agent.storage import STORAGES, FileBackupStorage, ListsDirectories
 from agent.storage.base import BackupHandle
 from agent.storage.file import storage_error

@@ -14,13 +14,13 @@ from typing import Any
 import grpc
 import pytest
 
+from agent.aio.procs import ProcessError
+from agent.catalog.manifest import AgentInfo, Manifest, StoredObject
 from agent.config import AgentConfig
 from agent.errors import DataLoss, FailedPrecondition, InvalidArgument
-from agent.manifest import AgentInfo, Manifest, StoredObject
 from agent.mysql.client import Credentials
 from agent.mysql.mycnf import read_mycnf
 from agent.operations import Kind, Operation
-from agent.procs import ProcessError
 from engines.xtrabackup import XtrabackupEngine
 from engines.xtrabackup_layout import layout_of, object_records
 from engines.xtrabackup_restore import check_binlog_info, fix_ownership

@@ -1,0 +1,163 @@
+"""The backups of a directory with their MANIFESTs, and the choice of the one to restore.
+
+A backup is complete iff its MANIFEST is readable and valid (it is written last). Choosing follows
+Vitess's FindBackupToRestore: the newest complete full backup, optionally at or before a time
+(compared with the MANIFEST's BackupTime) and made by an allowed engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.catalog.manifest import (
+    MANIFEST_FILENAME,
+    MAX_MANIFEST_SIZE,
+    Manifest,
+    format_time,
+    manifest_to_json,
+    parse_manifest,
+)
+from agent.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from agent.storage.base import BackupHandle, BackupStorage
+
+READ_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    """A listed backup; `problem` says why it is not complete."""
+
+    handle: BackupHandle
+    manifest: Manifest | None
+    complete: bool
+    problem: str | None
+
+    @property
+    def name(self) -> str:
+        return self.handle.name
+
+    @property
+    def directory(self) -> str:
+        return self.handle.directory
+
+
+async def read_manifest(handle: BackupHandle) -> Manifest:
+    """The backup's MANIFEST; NotFound when it has none, DataLoss when it is unusable."""
+    where = f"{handle.directory}/{handle.name}"
+    data = bytearray()
+    chunks = handle.read_file(MANIFEST_FILENAME)
+    try:
+        async for chunk in chunks:
+            data += chunk
+            if len(data) > MAX_MANIFEST_SIZE:
+                raise DataLoss(f"MANIFEST of backup {where} is over the {MAX_MANIFEST_SIZE >> 20} MiB limit")
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return parse_manifest(bytes(data), backup=where)
+
+
+async def write_manifest(handle: BackupHandle, manifest: Manifest) -> None:
+    """Write the MANIFEST; call it after every data file is closed, then `handle.end()`."""
+    writer = await handle.add_file(MANIFEST_FILENAME)
+    try:
+        await writer.write(manifest_to_json(manifest))
+        await writer.close()
+    except BaseException:
+        await writer.abort()
+        raise
+
+
+async def list_backup_entries(
+    storage: BackupStorage, directory: str, *, concurrency: int = READ_CONCURRENCY
+) -> list[BackupEntry]:
+    """Every backup of `directory`, oldest first, with its MANIFEST read (concurrently).
+
+    A missing or invalid MANIFEST makes an incomplete entry; other storage errors propagate, so an
+    outage never silently turns the newest backup into an "incomplete" one.
+    """
+    handles = await storage.list_backups(directory)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def entry(handle: BackupHandle) -> BackupEntry:
+        async with limit:
+            try:
+                m = await read_manifest(handle)
+            except NotFound:
+                return BackupEntry(
+                    handle, None, False, "no MANIFEST: the backup is incomplete or still running"
+                )
+            except DataLoss as e:
+                return BackupEntry(handle, None, False, str(e))
+        return BackupEntry(handle, m, True, None)
+
+    tasks = [asyncio.ensure_future(entry(h)) for h in handles]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        raise
+
+
+def newest_complete_full(
+    entries: Sequence[BackupEntry],
+    *,
+    before: datetime | None = None,
+    allowed_engines: Sequence[str] | None = None,
+    directory: str | None = None,
+) -> BackupEntry:
+    """The newest complete full (not incremental) backup matching the filters.
+
+    `before`: newest backup whose BackupTime is at or before it (Vitess's backup_time).
+    `allowed_engines`: BackupMethod must be one of them (empty BackupMethod means builtin).
+    """
+    where = directory or (entries[0].directory if entries else None)
+    in_where = f" in {where}" if where else ""
+    if not entries:
+        raise FailedPrecondition(f"no available backup{in_where}: take a backup first")
+    if before is not None and before.tzinfo is None:
+        raise InvalidArgument(f"backup time {before} has no time zone")
+    allowed = set(allowed_engines) if allowed_engines else None
+    incomplete = too_new = other_engine = incremental = 0
+    for e in reversed(entries):
+        m = e.manifest
+        if not e.complete or m is None:
+            incomplete += 1
+            continue
+        if m.incremental:
+            incremental += 1
+            continue
+        if allowed is not None and m.engine not in allowed:
+            other_engine += 1
+            continue
+        if before is not None:
+            t = m.backup_datetime
+            if t is None or t > before:
+                too_new += 1
+                continue
+        return e
+    complete = len(entries) - incomplete
+    if complete == 0:
+        raise FailedPrecondition(
+            f"backup(s) found but none are complete{in_where}: {incomplete} incomplete backup(s) skipped "
+            "(no readable MANIFEST)"
+        )
+    reasons = []
+    if too_new and before is not None:
+        reasons.append(f"{too_new} taken after {format_time(before)}")
+    if other_engine:
+        reasons.append(f"{other_engine} made by engines not in {sorted(allowed or ())}")
+    if incremental:
+        reasons.append(f"{incremental} incremental")
+    if incomplete:
+        reasons.append(f"{incomplete} incomplete")
+    raise FailedPrecondition(
+        f"no complete full backup{in_where} matches the request: skipped {', '.join(reasons)}"
+    )

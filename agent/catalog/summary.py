@@ -1,0 +1,84 @@
+"""The newest complete full and incremental backups of the tablet's shard, kept ready for Status.
+
+Listing a storage can take seconds (an object store with many backups); Status must answer in
+milliseconds. The summary is refreshed in the background: at start-up, after every operation and every
+removal, and every `REFRESH_INTERVAL` (other tablets of the shard back up into the same place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from agent.catalog.listing import BackupEntry, list_backup_entries
+from agent.errors import AgentError
+from agent.storage.base import BackupStorage
+
+REFRESH_INTERVAL = 300.0
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Newest:
+    full: BackupEntry | None
+    incremental: BackupEntry | None
+    listed_at: float  # time.time() of the listing; 0: never listed
+    error: str = ""  # why the last listing failed
+
+
+def newest_complete(entries: list[BackupEntry]) -> Newest:
+    full = incremental = None
+    for e in entries:
+        if not e.complete or e.manifest is None:
+            continue
+        if e.manifest.incremental:
+            incremental = e
+        else:
+            full = e
+    return Newest(full, incremental, time.time())
+
+
+class BackupSummary:
+    """Holds the latest `Newest`; `refresh()` schedules a listing (coalesced), `run()` refreshes
+    periodically until cancelled."""
+
+    def __init__(self, storage: BackupStorage, directory: str) -> None:
+        self._storage = storage
+        self._directory = directory
+        self.newest = Newest(None, None, 0.0)
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def refresh(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True  # a removal or a backup landed while listing: list once more after
+            return
+        self._task = asyncio.create_task(self._refresh())
+
+    async def wait(self) -> None:
+        """Wait for a scheduled refresh (tests, and the first Status after start-up)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _refresh(self) -> None:
+        while True:
+            self._again = False
+            try:
+                entries = await list_backup_entries(self._storage, self._directory)
+            except (AgentError, OSError) as e:
+                log.warning("listing backups for Status failed", error=str(e))
+                self.newest = Newest(self.newest.full, self.newest.incremental, self.newest.listed_at, str(e))
+            else:
+                self.newest = newest_complete(entries)
+            if not self._again:
+                return
+
+    async def run(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                self.refresh()
+                await asyncio.sleep(REFRESH_INTERVAL)

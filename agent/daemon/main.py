@@ -1,0 +1,183 @@
+"""`tablet-agent`: the daemon's entry point. Flags, start-up checks, signals, systemd notification."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import uvloop
+
+from agent.binlogs.pending import pending_binlogs
+from agent.config import AgentConfig, build_config, canonical_key, config_keys
+from agent.daemon.sdnotify import SystemdNotifier
+from agent.daemon.server import AgentServer
+from agent.daemon.servicer import TabletManagerServicer
+from agent.errors import AgentError, ConfigError
+from agent.log import configure_logging, get_logger
+from agent.ops.startup import prepare_tablet
+from agent.tablet import AGENT_VERSION, Tablet
+
+if TYPE_CHECKING:
+    from agent.topo.tablets import Registration
+
+EXIT_CONFIG = 2
+PENDING_BINLOGS_INTERVAL = 60.0
+log = get_logger("agent.daemon.main")
+
+
+class FlagParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_CONFIG, f"tablet-agent: error: {message}\nrun `tablet-agent --help` for the list of flags\n"
+        )
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """`--file-backup-storage-root=x` -> `--file_backup_storage_root=x`: both spellings are accepted."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            out.append("--" + canonical_key(name) + eq + value)
+        else:
+            out.append(arg)
+    return out
+
+
+def make_parser() -> FlagParser:
+    parser = FlagParser(
+        prog="tablet-agent",
+        description="Backup/restore agent for one MySQL/MariaDB tablet (Vitess TabletManager over gRPC). "
+        "Every flag is also a TOML key in --config and a TABLET_AGENT_<NAME> environment variable; "
+        "dashes and underscores are interchangeable.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--version", action="version", version=f"tablet-agent {AGENT_VERSION}")
+    for name in config_keys():
+        field = AgentConfig.model_fields[name]
+        default = "" if field.is_required() else f" (default: {field.default})"
+        help_text = (field.description or "") + default
+        names = ["--" + name] + (["--tablet_path"] if name == "tablet_alias" else [])
+        if field.annotation is bool:  # `--grpc_insecure` alone means true; `--grpc_insecure=false` too
+            parser.add_argument(*names, dest=name, nargs="?", const="true", metavar="BOOL", help=help_text)
+        else:
+            parser.add_argument(*names, dest=name, metavar=name.upper(), help=help_text or None)
+    return parser
+
+
+def parse_config(argv: Sequence[str]) -> AgentConfig:
+    args: dict[str, Any] = vars(make_parser().parse_args(normalize_argv(argv)))
+    config_file = args.pop("config", None)
+    return build_config(args, config_file=config_file)
+
+
+async def serve(config: AgentConfig) -> int:
+    notifier = SystemdNotifier()
+    tablet = Tablet.create(config)
+    await prepare_tablet(tablet)
+    server = AgentServer(TabletManagerServicer(tablet), config)
+    port = await server.start(config)
+    log.info(
+        "tablet-agent serving",
+        alias=tablet.alias,
+        keyspace=config.init_keyspace,
+        shard=config.init_shard,
+        address=f"{config.grpc_bind_address}:{port}",
+        version=AGENT_VERSION,
+    )
+    if config.metrics_port:
+        metrics_port = tablet.metrics.serve(config.metrics_bind_address, config.metrics_port)
+        log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
+    registration = await register(tablet, port)
+    background = [
+        asyncio.create_task(tablet.summary.run()),
+        asyncio.create_task(track_pending_binlogs(tablet)),
+    ]
+    notifier.notify("READY=1", f"STATUS=serving on {config.grpc_bind_address}:{port}")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    watchdog = asyncio.create_task(notifier.run_watchdog())
+    await stop.wait()
+
+    log.info("stopping", grace=config.grpc_shutdown_grace)
+    notifier.notify("STOPPING=1")
+    if registration is not None:
+        await registration.stop()
+    watchdog.cancel()
+    for task in background:
+        task.cancel()
+    tablet.metrics.stop()
+    stopping = asyncio.create_task(server.stop(config.grpc_shutdown_grace))
+    await tablet.runner.shutdown(config.grpc_shutdown_grace)
+    await stopping
+    with contextlib.suppress(asyncio.CancelledError):
+        await watchdog
+    log.info("stopped")
+    return 0
+
+
+async def register(tablet: Tablet, port: int) -> Registration | None:
+    """Put this tablet's record in the topology, when one is configured."""
+    config = tablet.config
+    if not config.topo_implementation:
+        return None
+    # Imported here: agents without a topology do not load the HTTP client.
+    from agent.topo.etcd import EtcdClient
+    from agent.topo.tablets import Registration, tablet_record
+
+    endpoints = [e.strip() for e in config.topo_global_server_address.split(",") if e.strip()]
+    record = tablet_record(config, port, AGENT_VERSION, time.time())
+    registration = Registration(
+        EtcdClient(endpoints), config.topo_global_root, tablet.alias, record, config.topo_lease_ttl
+    )
+    await registration.start()
+    return registration
+
+
+async def track_pending_binlogs(tablet: Tablet) -> None:
+    """Keep the binlog-files-pending metric fresh (every minute; mysqld may be down for a while)."""
+    while True:
+        await tablet.summary.wait()
+        try:
+            tablet.metrics.binlog_files_pending = await pending_binlogs(tablet, tablet.summary.newest)
+        except (AgentError, OSError) as e:
+            log.debug("cannot count pending binlogs", error=str(e))
+        await asyncio.sleep(PENDING_BINLOGS_INTERVAL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config = parse_config(argv)
+    except ConfigError as e:
+        print(f"tablet-agent: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_format, config.log_level)
+    try:
+        return uvloop.run(serve(config))
+    except ConfigError as e:
+        log.error("configuration error", error=str(e))
+        print(f"tablet-agent: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AgentError as e:
+        log.error("cannot start", error=str(e))
+        print(f"tablet-agent: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""TabletManager servicer: translation between protobuf messages and domain calls, and errors to the wire.
+
+Every AgentError is mapped here, once, to its gRPC status; anything else becomes INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from agent.daemon import convert
+from agent.daemon.requests import backup_params, restore_params
+from agent.daemon.views.backups import list_backups, remove_backup
+from agent.daemon.views.full_status import build_full_status
+from agent.daemon.views.status import build_status
+from agent.errors import AgentError
+from agent.log import get_logger
+from agent.operations import Operation, error_status
+from agent.ops.backup import start_backup
+from agent.ops.restore import start_restore
+from agent.pb import agentdata_pb2, tabletmanagerdata_pb2, tabletmanagerservice_pb2_grpc
+from agent.tablet import Tablet
+
+log = get_logger("agent.daemon.servicer")
+T = TypeVar("T")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _call(context: Ctx, fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await fn()
+    except AgentError as e:
+        await context.abort(e.code, str(e))
+    except Exception as e:
+        log.exception("rpc failed")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+    raise AssertionError("unreachable")
+
+
+class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer):
+    def __init__(self, tablet: Tablet) -> None:
+        self.tablet = tablet
+
+    async def Ping(
+        self, request: tabletmanagerdata_pb2.PingRequest, context: Ctx
+    ) -> tabletmanagerdata_pb2.PingResponse:
+        return tabletmanagerdata_pb2.PingResponse(payload=request.payload)
+
+    async def Backup(
+        self, request: tabletmanagerdata_pb2.BackupRequest, context: Ctx
+    ) -> AsyncIterator[tabletmanagerdata_pb2.BackupResponse]:
+        op = await _call(
+            context, lambda: start_backup(self.tablet, backup_params(request, self.tablet.config))
+        )
+        async for event in self._follow(op, context, request.cancel_on_disconnect):
+            yield tabletmanagerdata_pb2.BackupResponse(event=event)
+
+    async def RestoreFromBackup(
+        self, request: tabletmanagerdata_pb2.RestoreFromBackupRequest, context: Ctx
+    ) -> AsyncIterator[tabletmanagerdata_pb2.RestoreFromBackupResponse]:
+        op = await _call(context, lambda: start_restore(self.tablet, restore_params(request)))
+        async for event in self._follow(op, context, request.cancel_on_disconnect):
+            yield tabletmanagerdata_pb2.RestoreFromBackupResponse(event=event)
+
+    async def _follow(
+        self, op: Operation, context: Ctx, cancel_on_disconnect: bool
+    ) -> AsyncIterator[convert.EventPb]:
+        """Stream an operation's events; end with its status. The operation outlives a disconnect by default."""
+        finished = False
+        try:
+            async for event in op.watch():
+                yield convert.event_to_pb(event)
+            finished = True
+        finally:
+            if not finished and cancel_on_disconnect and not op.done:
+                log.info("client went away: cancelling operation", op=op.id)
+                asyncio.get_running_loop().create_task(self.tablet.runner.cancel(op.id))
+        status = error_status(op)
+        if status is not None:
+            await context.abort(*status)
+
+    async def FullStatus(
+        self, request: tabletmanagerdata_pb2.FullStatusRequest, context: Ctx
+    ) -> tabletmanagerdata_pb2.FullStatusResponse:
+        async def full() -> tabletmanagerdata_pb2.FullStatusResponse:
+            return tabletmanagerdata_pb2.FullStatusResponse(status=await build_full_status(self.tablet))
+
+        return await _call(context, full)
+
+    async def Status(
+        self, request: agentdata_pb2.StatusRequest, context: Ctx
+    ) -> agentdata_pb2.StatusResponse:
+        limit = request.finished_operations or 10
+        return await _call(context, lambda: build_status(self.tablet, limit))
+
+    async def ListBackups(
+        self, request: agentdata_pb2.ListBackupsRequest, context: Ctx
+    ) -> agentdata_pb2.ListBackupsResponse:
+        return await _call(context, lambda: list_backups(self.tablet, request.include_incomplete))
+
+    async def RemoveBackup(
+        self, request: agentdata_pb2.RemoveBackupRequest, context: Ctx
+    ) -> agentdata_pb2.RemoveBackupResponse:
+        return await _call(context, lambda: remove_backup(self.tablet, request.name, request.force))
+
+    async def CancelOperation(
+        self, request: agentdata_pb2.CancelOperationRequest, context: Ctx
+    ) -> agentdata_pb2.CancelOperationResponse:
+        async def cancel() -> agentdata_pb2.CancelOperationResponse:
+            op = await self.tablet.runner.cancel(request.id)
+            return agentdata_pb2.CancelOperationResponse(operation=convert.operation_to_pb(op))
+
+        return await _call(context, cancel)
+
+    async def WatchOperation(
+        self, request: agentdata_pb2.WatchOperationRequest, context: Ctx
+    ) -> AsyncIterator[agentdata_pb2.WatchOperationResponse]:
+        async def get() -> Operation:
+            return self.tablet.runner.get(request.id)
+
+        op = await _call(context, get)
+        async for event in op.watch():
+            yield agentdata_pb2.WatchOperationResponse(
+                event=convert.event_to_pb(event), operation=convert.operation_to_pb(op)
+            )
+        yield agentdata_pb2.WatchOperationResponse(operation=convert.operation_to_pb(op))

@@ -1,0 +1,90 @@
+"""ListBackups and RemoveBackup: the backups of this tablet's keyspace/shard, as the storage holds them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from agent.catalog.listing import BackupEntry, list_backup_entries
+from agent.catalog.manifest import Manifest, parse_time
+from agent.daemon import convert
+from agent.errors import FailedPrecondition, NotFound
+from agent.pb import agentdata_pb2
+from agent.tablet import Tablet
+
+
+def stored_size(m: Manifest) -> int:
+    """Bytes as stored, from our integrity keys (0 when the writer did not record them)."""
+    total = sum(fe.stored_size or 0 for fe in m.file_entries or [])
+    if m.tablet_agent is not None:
+        total += sum(o.stored_size for o in m.tablet_agent.objects)
+    return total
+
+
+def backup_info(entry: BackupEntry) -> agentdata_pb2.BackupInfo:
+    info = agentdata_pb2.BackupInfo(name=entry.name, directory=entry.directory, complete=entry.complete)
+    m = entry.manifest
+    if m is None:
+        return info
+    info.engine = m.engine
+    info.incremental = m.incremental
+    info.position = m.position
+    info.from_position = m.from_position
+    info.from_backup = m.from_backup
+    info.tablet_alias = m.tablet_alias
+    info.compression_engine = "none" if m.skip_compress else (m.compression_engine or "pgzip")
+    info.size_bytes = stored_size(m)
+    for field, value in (("backup_time", m.backup_datetime), ("finished_time", _parse(m.finished_time))):
+        t = convert.time_to_pb(value)
+        if t is not None:
+            getattr(info, field).CopyFrom(t)
+    return info
+
+
+def _parse(value: str) -> datetime | None:
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None
+
+
+async def list_backups(tablet: Tablet, include_incomplete: bool) -> agentdata_pb2.ListBackupsResponse:
+    entries = await list_backup_entries(tablet.storage, tablet.backup_directory)
+    return agentdata_pb2.ListBackupsResponse(
+        backups=[backup_info(e) for e in entries if e.complete or include_incomplete]
+    )
+
+
+def dependents(entries: list[BackupEntry], name: str) -> list[str]:
+    """Complete incrementals that chain back, directly or through other incrementals, to `name`."""
+    needed = {name}
+    found: list[str] = []
+    for e in entries:  # oldest first: a chain only points backwards
+        m = e.manifest
+        if m is not None and m.incremental and m.from_backup in needed:
+            needed.add(e.name)
+            found.append(e.name)
+    return found
+
+
+async def remove_backup(tablet: Tablet, name: str, force: bool) -> agentdata_pb2.RemoveBackupResponse:
+    running = tablet.runner.current
+    if running is not None and running.backup_name == name:
+        raise FailedPrecondition(f"backup {name} is being written by operation {running.id}: cancel it first")
+    entries = await list_backup_entries(tablet.storage, tablet.backup_directory)
+    if not any(e.name == name for e in entries):
+        raise NotFound(
+            f"no backup named {name!r} in {tablet.backup_directory}; `tabletctl backups --all` lists them"
+        )
+    deps = dependents(entries, name)
+    if deps and not force:
+        raise FailedPrecondition(
+            f"backup {name} is the base of {len(deps)} incremental backup(s) ({', '.join(deps[:5])}): "
+            "removing it breaks their restore chain; pass force (`tabletctl remove-backup --force`) to "
+            "remove it and them"
+        )
+    removed = []
+    for victim in [*reversed(deps), name] if force else [name]:
+        await tablet.storage.remove_backup(tablet.backup_directory, victim)
+        removed.append(victim)
+    tablet.summary.refresh()
+    return agentdata_pb2.RemoveBackupResponse(removed=removed)

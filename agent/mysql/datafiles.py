@@ -1,0 +1,170 @@
+"""Which files make up a stopped tablet, and where a backup's file entries go back on restore.
+
+Vitess's builtin engine names each file by a base directory and a relative name:
+`InnoDBData` (innodb_data_home_dir), `InnoDBLog` (innodb_log_group_home_dir), `Data` (datadir) and
+`BinLog` (the binlog directory).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from agent.catalog.manifest import FileBase as Base
+from agent.errors import DataLoss
+from agent.mysql.gtid import MariaDBGTIDSet
+from agent.mysql.mycnf import MyCnf
+
+# Files that describe this server instance or its runtime, never data to copy to another one.
+EXCLUDED_NAMES = frozenset(
+    {
+        "auto.cnf",  # MySQL's server_uuid: a copy would clash with the source
+        "master.info",
+        "relay-log.info",
+        "multi-master.info",
+        "ibtmp1",
+        "mysql.sock",
+        "mysqld.sock",
+        "lost+found",
+        "#innodb_temp",
+    }
+)
+EXCLUDED_SUFFIXES = (".pid", ".sock", ".sock.lock", ".err", ".tmp")
+# Besides the numbered files: the index, and MariaDB's `.state` (the binlog GTID state saved at shutdown
+# and read at start-up; a stale one would make a restored server believe it has GTIDs it does not have).
+BINLOG_SIDE_FILES = frozenset({"index", "state"})
+INNODB_LOG_RE = re.compile(r"^ib_logfile\d+$")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    base: Base
+    name: str  # relative to the base directory, '/'-separated
+    path: Path
+    size: int
+
+
+def base_directories(cnf: MyCnf) -> dict[Base, Path]:
+    dirs = {
+        Base.DATA: cnf.datadir,
+        Base.INNODB_DATA: cnf.innodb_data_home_dir,
+        Base.INNODB_LOG: cnf.innodb_log_group_home_dir,
+    }
+    if cnf.log_bin is not None:
+        dirs[Base.BINLOG] = cnf.log_bin.parent
+    return dirs
+
+
+def innodb_data_files(cnf: MyCnf) -> list[str]:
+    """File names from innodb_data_file_path (`ibdata1:12M;ibdata2:50M:autoextend`)."""
+    return [spec.split(":", 1)[0] for spec in cnf.innodb_data_file_path.split(";") if spec.strip()]
+
+
+def _is_runtime_file(path: Path, cnf: MyCnf, skip: set[Path]) -> bool:
+    name = path.name
+    if name in EXCLUDED_NAMES or name.endswith(EXCLUDED_SUFFIXES) or name.startswith("#sql"):
+        return True
+    resolved = path.resolve()
+    if resolved in skip:
+        return True
+    for base in (cnf.log_bin, cnf.relay_log):
+        if base is not None and path.parent.resolve() == base.parent.resolve():
+            stem = base.name
+            suffix = name[len(stem) + 1 :] if name.startswith(stem + ".") else ""
+            if suffix in BINLOG_SIDE_FILES or suffix.isdigit():
+                return True
+    return False
+
+
+def find_files_to_backup(cnf: MyCnf, exclude: tuple[Path, ...] = ()) -> list[DataFile]:
+    """Every file a stopped mysqld needs, largest first (so parallel copies finish together)."""
+    files: list[DataFile] = []
+    claimed: set[Path] = set()
+
+    def add(base: Base, root: Path, path: Path) -> None:
+        resolved = path.resolve()
+        if resolved in claimed:
+            return
+        claimed.add(resolved)
+        files.append(DataFile(base, path.relative_to(root).as_posix(), path, path.stat().st_size))
+
+    for name in innodb_data_files(cnf):
+        path = cnf.innodb_data_home_dir / name
+        if path.is_file():
+            add(Base.INNODB_DATA, cnf.innodb_data_home_dir, path)
+    if cnf.innodb_log_group_home_dir.is_dir():
+        for entry in sorted(cnf.innodb_log_group_home_dir.iterdir()):
+            if INNODB_LOG_RE.match(entry.name) and entry.is_file():
+                add(Base.INNODB_LOG, cnf.innodb_log_group_home_dir, entry)
+
+    skip = {p.resolve() for p in exclude}
+    skip.update(p.resolve() for p in (cnf.pid_file, cnf.log_error, cnf.socket) if p is not None)
+    for dirpath, dirnames, filenames in os.walk(cnf.datadir):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in EXCLUDED_NAMES and (here / d).resolve() not in skip
+        )
+        for name in sorted(filenames):
+            path = here / name
+            if path.is_file() and not path.is_symlink() and not _is_runtime_file(path, cnf, skip):
+                add(Base.DATA, cnf.datadir, path)
+    files.sort(key=lambda f: f.size, reverse=True)
+    return files
+
+
+def restore_path(dirs: dict[Base, Path], base: str, parent_path: str, name: str) -> Path:
+    """Where a file entry goes. Refuses anything that would land outside its base directory."""
+    try:
+        root = dirs[Base(base)]
+    except (ValueError, KeyError):
+        raise DataLoss(f"backup file entry has an unknown or unusable base {base!r}") from None
+    rel = PurePosixPath(parent_path) / name if parent_path else PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\0" in str(rel):
+        raise DataLoss(f"backup file entry {str(rel)!r} escapes its directory: refusing to restore it")
+    dest = root / rel
+    # A symlink inside the target must not redirect the write elsewhere.
+    real_root = root.resolve()
+    if not dest.parent.resolve().is_relative_to(real_root):
+        raise DataLoss(f"backup file entry {str(rel)!r} resolves outside {root}: refusing to restore it")
+    return dest
+
+
+def clear_directory(path: Path, keep: tuple[Path, ...] = ()) -> None:
+    """Remove everything inside `path` (not `path` itself), except `keep` entries."""
+    if not path.is_dir():
+        path.mkdir(parents=True, mode=0o750, exist_ok=True)
+        return
+    kept = {p.resolve() for p in keep}
+    for entry in path.iterdir():
+        if entry.resolve() in kept:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def clear_binlogs(cnf: MyCnf) -> None:
+    """Remove the binlog and relay-log files, indexes and GTID state (their directories may be shared)."""
+    for base in (cnf.log_bin, cnf.relay_log):
+        if base is None or not base.parent.is_dir():
+            continue
+        stem = base.name
+        for entry in base.parent.iterdir():
+            suffix = entry.name[len(stem) + 1 :] if entry.name.startswith(stem + ".") else ""
+            if suffix in BINLOG_SIDE_FILES or suffix.isdigit():
+                entry.unlink()
+
+
+def write_binlog_state(cnf: MyCnf, gtids: MariaDBGTIDSet) -> None:
+    """Give a cleared MariaDB its binlog GTID state before it starts: `<log_bin>.state`, one GTID per line,
+    is what the server reads at start-up when it has no binlog (the same as `SET GLOBAL
+    gtid_binlog_state` afterwards, which waits up to a second for the first binlog checkpoint)."""
+    if cnf.log_bin is None:
+        return
+    path = cnf.log_bin.parent / f"{cnf.log_bin.name}.state"
+    path.write_text("".join(f"{gtid}\n" for gtid in gtids))
+    path.chmod(0o640)

@@ -1,0 +1,104 @@
+"""Backup orchestration: checks, the operation, MANIFEST last, abort on any failure.
+
+The orchestrator, not the engine, decides between ending and aborting a backup, and keeps the original
+error when the cleanup fails too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import UTC, datetime
+
+from agent.catalog.listing import write_manifest
+from agent.catalog.manifest import AgentInfo, Manifest, backup_name, format_time
+from agent.config import TabletType
+from agent.errors import AgentError, FailedPrecondition
+from agent.operations import Kind, Operation
+from agent.ops.tablet_type import effective_tablet_type
+from agent.params import BackupParams
+from agent.storage.base import BackupHandle
+from agent.tablet import AGENT_VERSION, Tablet
+from engines import engine_for_backup
+from engines.base import BackupContext, Engine
+
+NAME_ATTEMPTS = 3
+
+
+async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
+    """Check the request against the tablet, then start the backup as an operation."""
+    tablet_type = await effective_tablet_type(tablet)
+    if tablet_type is TabletType.PRIMARY and not params.allow_primary:
+        raise FailedPrecondition(
+            f"type PRIMARY cannot take backup (tablet {tablet.alias} is the primary: its mysqld has no "
+            "replication source and is writable). If you really need to do this, rerun the backup with "
+            "allow_primary (`tabletctl backup --allow-primary`, vtctldclient `Backup --allow-primary`)"
+        )
+    engine = engine_for_backup(params)
+
+    async def work(op: Operation) -> None:
+        await run_backup(tablet, params, engine, op)
+
+    return tablet.runner.start(Kind.BACKUP, work, engine=engine.name, incremental=params.incremental)
+
+
+async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: Operation) -> None:
+    config = tablet.config
+    directory = tablet.backup_directory
+    started, name, handle = await _new_backup(tablet)
+    op.backup_name = name
+    op.info(f"starting {engine.name} backup {directory}/{name} to {tablet.storage.describe()}")
+    try:
+        outcome = await engine.backup(BackupContext(tablet=tablet, params=params, op=op, handle=handle))
+        op.set_phase("writing MANIFEST")
+        manifest = Manifest(
+            BackupName=name,
+            Position=outcome.position,
+            PurgedPosition=outcome.purged_position,
+            BackupTime=format_time(started),
+            FinishedTime=format_time(datetime.now(UTC)),
+            ServerUUID=outcome.server_uuid,
+            TabletAlias=tablet.alias,
+            Hostname=socket.gethostname(),
+            Keyspace=config.init_keyspace,
+            Shard=config.init_shard,
+            MySQLVersion=outcome.mysql_version,
+            UpgradeSafe=params.upgrade_safe,
+            # an engine may bring its own TabletAgent (xtrabackup: per-object hashes) or BackupMethod
+            # (incrementals say builtin, as Vitess writes them)
+            **{
+                "BackupMethod": engine.name,
+                "TabletAgent": AgentInfo(Version=AGENT_VERSION),
+                **outcome.manifest_fields,
+            },
+        )
+        await write_manifest(handle, manifest)
+        await handle.end()
+    except BaseException as error:
+        await _abort(handle, op, error)
+        raise
+    op.info(f"backup {directory}/{name} is complete at position {outcome.position}")
+
+
+async def _new_backup(tablet: Tablet) -> tuple[datetime, str, BackupHandle]:
+    """A new backup named after the current second. Names have second resolution and are never reused:
+    when the previous backup (an incremental takes well under a second) holds this second's name, the
+    next second's is used."""
+    for attempt in range(NAME_ATTEMPTS):
+        started = datetime.now(UTC)
+        name = backup_name(started, tablet.alias)
+        try:
+            return started, name, await tablet.storage.start_backup(tablet.backup_directory, name)
+        except FailedPrecondition:
+            if attempt == NAME_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(1.0 - started.microsecond / 1e6 + 0.01)
+    raise AssertionError("unreachable")
+
+
+async def _abort(handle: BackupHandle, op: Operation, error: BaseException) -> None:
+    """Remove the partial backup; a failure here is reported but never hides the original error."""
+    try:
+        await asyncio.shield(handle.abort())
+    except (AgentError, OSError) as e:
+        op.warning(f"could not remove the partial backup after {type(error).__name__}: {e}")

@@ -1,0 +1,84 @@
+"""CPU threads and buffers shared by the streams of one operation (see `Workers`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import mmap
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from agent.pipeline.compression import Buffer
+
+T = TypeVar("T")
+BUFFER_UNIT = 1 << 20  # pooled buffers come in multiples of this
+
+
+CODEC_NICENESS = 10
+
+
+class Workers:
+    """CPU threads and memory shared by the streams of one operation.
+
+    Frames of framed codecs are compressed by `threads` threads; at most `2 * threads + 2` frames
+    are in flight (read, not yet stored) across all streams, so memory does not grow with their
+    number. Buffers are pooled: reading or decoding into fresh memory costs a page fault per
+    4 KiB, and buffers allocated by many threads spread over as many malloc arenas.
+    Use it as `async with Workers() as w:` and pass it to `store`/`store_striped`/`restore`.
+    """
+
+    def __init__(self, threads: int = 0) -> None:
+        self.threads = threads if threads > 0 else os.cpu_count() or 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = asyncio.Semaphore(2 * self.threads + 2)
+        self._buffers: dict[int, deque[mmap.mmap]] = {}  # free buffers by size (deques: thread-safe)
+
+    async def __aenter__(self) -> Workers:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the threads once their current frames are done; queued frames are dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._buffers.clear()
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def buffer(self, n: int) -> mmap.mmap:
+        """A buffer of at least `n` bytes (a multiple of BUFFER_UNIT). Any thread. Anonymous maps,
+        not malloc: their memory goes back to the system when the workers are closed."""
+        size = max(1, -(-n // BUFFER_UNIT)) * BUFFER_UNIT
+        try:
+            return self._buffers[size].pop()
+        except (KeyError, IndexError):
+            return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    def recycle(self, buf: mmap.mmap) -> None:
+        """Give back a buffer from `buffer` once nothing uses it any more. Any thread."""
+        self._buffers.setdefault(len(buf), deque()).append(buf)
+
+    def submit(self, fn: Callable[[Buffer], T], data: Buffer) -> asyncio.Future[T]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.threads, thread_name_prefix="codec", initializer=_lower_priority
+            )
+        return asyncio.wrap_future(self._pool.submit(fn, data))
+
+
+def _lower_priority() -> None:
+    """Compression threads yield the CPU to mysqld and to the agent's event loop (Status, cancel)
+    whenever those want it: a backup must not starve the database it copies."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CODEC_NICENESS)
