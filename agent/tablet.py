@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.catalog.summary import BackupSummary
 from agent.config import AgentConfig
-from agent.daemon.metrics import AgentMetrics
 from agent.mysql.client import Credentials, MysqlClient, credentials_from
 from agent.mysql.mycnf import MyCnf, read_mycnf
 from agent.mysql.mysqld import Mysqld
 from agent.mysql.state import MysqldStateCache
 from agent.operations import OperationRunner
 from agent.storage import BackupStorage, storage_from_config
-
-AGENT_VERSION = "0.1.0"
 
 
 @dataclass
@@ -34,9 +31,8 @@ class Tablet:
     state_dir: Path
     started_monotonic: float
     summary: BackupSummary
-    metrics: AgentMetrics
+    mysqld_states: MysqldStateCache
     restored_to: str = ""  # what the last restore brought the tablet to, for Status
-    mysqld_states: MysqldStateCache = field(default_factory=MysqldStateCache)
     drained: bool = False  # restored to a point in time: out of serving, as Vitess's DRAINED
 
     @classmethod
@@ -52,20 +48,20 @@ class Tablet:
         storage = storage_from_config(config)
         summary = BackupSummary(storage, f"{config.init_keyspace}/{config.init_shard}")
         runner.on_finish(lambda _op: summary.refresh())
-        states = MysqldStateCache()
+        mysqld = Mysqld(mycnf, client, config.mysqld_start_command)
+        states = MysqldStateCache(client, mysqld)
         runner.on_finish(lambda _op: states.invalidate())
         return cls(
             config=config,
             mycnf=mycnf,
             credentials=creds,
             client=client,
-            mysqld=Mysqld(mycnf, client, config.mysqld_start_command),
+            mysqld=mysqld,
             runner=runner,
             storage=storage,
             state_dir=state_dir,
             started_monotonic=time.monotonic(),
             summary=summary,
-            metrics=AgentMetrics(runner),
             mysqld_states=states,
         )
 

@@ -17,17 +17,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import AGENT_VERSION
 from agent.aio.localfiles import FileChunks
 from agent.aio.pipes import grow_pipe, stop_first_on_cancel
 from agent.aio.procs import ExecError, ProcessError, format_argv, spawn
 from agent.aio.tasks import complete, in_thread
 from agent.catalog.manifest import AgentInfo, Manifest, StoredObject
+from agent.config import AgentConfig
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument
 from agent.mysql import replication
 from agent.mysql.datafiles import find_files_to_backup
 from agent.mysql.gtid import Flavor, parse_position
-from agent.mysql.mysqld import ServerFlavor
-from agent.operations import Operation
 from agent.pipeline.compression import Codec
 from agent.pipeline.digests import StoredFile
 from agent.pipeline.progress import FileProgress
@@ -35,9 +35,7 @@ from agent.pipeline.store import CHUNK_SIZE, store, store_striped
 from agent.pipeline.workers import CODEC_NICENESS
 from agent.statedir.crash_records import OfflineRecord, clear_offline_record, write_offline_record
 from agent.storage.base import BackupHandle
-from agent.tablet import AGENT_VERSION, Tablet
 from engines.base import BackupContext, BackupOutcome, RestoreContext
-from engines.codecs import codec_for_config, manifest_compression_fields
 from engines.xtrabackup_layout import Layout, layout_of, object_records
 from engines.xtrabackup_restore import restore_backup
 from engines.xtrabackup_tool import (
@@ -46,6 +44,7 @@ from engines.xtrabackup_tool import (
     backup_argv,
     child_env,
     find_tool,
+    find_tools,
     fresh_dir,
     line_logger,
     password_for,
@@ -70,15 +69,16 @@ class _BackupRun:
 class XtrabackupEngine:
     name = "xtrabackup"
 
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+
     async def backup(self, ctx: BackupContext) -> BackupOutcome:
-        tablet, op = ctx.tablet, ctx.op
-        config = tablet.config
+        op, config, codec = ctx.op, self.config, ctx.codec
         settings = settings_from(config)
-        codec = codec_for_config(config)
-        info = await tablet.mysqld.server_info()
-        status = await replication.replication_status(tablet.client, info.flavor)
-        snap = await replication.snapshot(tablet.client, info.flavor)
-        files = await in_thread(find_files_to_backup, tablet.mycnf, (tablet.state_dir,))
+        info = await ctx.mysqld.server_info()
+        status = await replication.replication_status(ctx.client, info.flavor)
+        snap = await replication.snapshot(ctx.client, info.flavor)
+        files = await in_thread(find_files_to_backup, ctx.mycnf, (ctx.state_dir,))
         run = _BackupRun(
             settings=settings,
             tool=find_tool(config.xtrabackup_binary, config.xtrabackup_root_path, "backup"),
@@ -89,19 +89,18 @@ class XtrabackupEngine:
                 block_size=settings.stripe_block_size,
             ),
             codec=codec,
-            work=tablet.state_dir / f"{WORK_PREFIX}{op.id}",
+            work=ctx.state_dir / f"{WORK_PREFIX}{op.id}",
             estimate=sum(f.size for f in files),
             replica=status.configured,
         )
         # The record lets the next agent start put replication back if this one dies mid-backup.
-        await in_thread(write_offline_record, tablet.state_dir, _crash_record(ctx, snap))
+        await in_thread(write_offline_record, ctx.state_dir, _crash_record(ctx, snap))
         try:
             output, stored = await self._stream(ctx, run)
         finally:
-            await complete(_put_replication_back(tablet, info.flavor, snap, op))
+            await complete(_put_replication_back(ctx, info.flavor, snap))
             await complete(in_thread(shutil.rmtree, run.work, True))
-        flavor = Flavor(info.flavor.value)
-        position = _position(output, flavor)
+        position = _position(output, info.flavor)
         op.info(f"xtrabackup reported binlog {output.binlog_file}:{output.binlog_pos}, position {position}")
         objects = [
             StoredObject(
@@ -111,11 +110,10 @@ class XtrabackupEngine:
         ]
         return BackupOutcome(
             position=position,
-            purged_position=f"{flavor}/" + await replication.purged_gtids(tablet.client, info.flavor),
+            purged_position=str(await replication.purged_position(ctx.client, info.flavor)),
             server_uuid=info.server_uuid,
             mysql_version=info.version,
             manifest_fields={
-                **manifest_compression_fields(config),
                 "FileName": run.layout.file_name,
                 "ExtraCommandLineParams": config.xtrabackup_backup_flags,
                 "StreamMode": str(run.layout.stream_mode),
@@ -126,19 +124,19 @@ class XtrabackupEngine:
         )
 
     async def _stream(self, ctx: BackupContext, run: _BackupRun) -> tuple[ToolOutput, list[StoredFile]]:
-        tablet, op, layout = ctx.tablet, ctx.op, run.layout
+        op, layout = ctx.op, run.layout
         await in_thread(_prepare_work_dir, run.work)
-        defaults_file = tablet.mycnf.path
-        password = password_for(run.settings.user, tablet.credentials, os.environ)
+        defaults_file = ctx.mycnf.path
+        password = password_for(run.settings.user, ctx.client.credentials, os.environ)
         if password is not None:
             defaults_file = run.work / "xtrabackup.cnf"
-            await in_thread(write_option_file, defaults_file, tablet.mycnf.path, password)
+            await in_thread(write_option_file, defaults_file, ctx.mycnf.path, password)
         argv = backup_argv(
             run.tool,
             defaults_file,
             run.work / "target",
             run.settings,
-            socket=tablet.mycnf.socket,
+            socket=ctx.mycnf.socket,
             replica=run.replica,
         )
         op.set_phase("streaming xtrabackup")
@@ -181,8 +179,12 @@ class XtrabackupEngine:
         object_records(manifest, layout)
         return layout.object_names
 
+    def needed_tools(self, manifest: Manifest) -> list[str]:
+        tools = find_tools(self.config, layout_of(manifest).stream_mode)
+        return [tools.xtrabackup, tools.xbstream]
+
     async def restore(self, ctx: RestoreContext) -> None:
-        await restore_backup(ctx)
+        await restore_backup(ctx, self.config)
 
 
 def _prepare_work_dir(work: Path) -> None:
@@ -226,11 +228,12 @@ async def _store_stream(
 
 
 async def _put_replication_back(
-    tablet: Tablet, flavor: ServerFlavor, snap: replication.ReplicationSnapshot, op: Operation
+    ctx: BackupContext, flavor: Flavor, snap: replication.ReplicationSnapshot
 ) -> None:
     """Start the replication threads that ran before the backup and are stopped now; never raises."""
+    op = ctx.op
     try:
-        status = await replication.replication_status(tablet.client, flavor)
+        status = await replication.replication_status(ctx.client, flavor)
         io = snap.io_running and not status.io_started
         sql = snap.sql_running and not status.sql_running
         if io or sql:
@@ -239,8 +242,8 @@ async def _put_replication_back(
                 f"the replica's {threads} thread was left stopped (xtrabackup's --safe-slave-backup does not "
                 "restart it when the tool dies): starting it again"
             )
-            await replication.start_replication(tablet.client, flavor, io=io, sql=sql)
-        await in_thread(clear_offline_record, tablet.state_dir)
+            await replication.start_replication(ctx.client, flavor, io=io, sql=sql)
+        await in_thread(clear_offline_record, ctx.state_dir)
     except AgentError as e:
         op.warning(
             f"could not check replication after xtrabackup: {e}; the agent repairs it at its next start"

@@ -1,10 +1,12 @@
-"""Restoring an xtrabackup backup into the tablet's emptied, stopped datadir.
+"""Restoring an xtrabackup backup into the directories it is given (staging directories, or the tablet's
+emptied ones for an in-place restore).
 
 The stored objects are decompressed and verified (stripes reassembled in order) and piped into
-`xbstream -x` (parallel extraction) in a directory inside the datadir, so `--move-back` renames files
-on one filesystem instead of copying them; `--prepare` applies the redo log in between. The
+`xbstream -x` (parallel extraction) in the work directory, which is on the datadir's filesystem, so
+`--move-back` renames files instead of copying them; `--prepare` applies the redo log in between. The
 extracted `xtrabackup_binlog_info` must agree with the MANIFEST's position, which the caller sets as
-the GTID state. Finally the files get the datadir's owner (the mysqld user).
+the GTID state. `--move-back` reads the tablet's option file with the target directories put in place
+of the tablet's, and the files get the owner of the tablet's datadir (the mysqld user).
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from agent.aio.pipes import grow_pipe, stop_first_on_cancel, write_all
 from agent.aio.procs import ExecError, Process, ProcessError, format_argv, run, spawn
 from agent.aio.tasks import complete, in_thread
 from agent.catalog.manifest import Manifest, StoredObject
+from agent.config import AgentConfig
 from agent.errors import DataLoss, FailedPrecondition, InvalidArgument
 from agent.mysql.gtid import parse_position
-from agent.mysql.mycnf import MyCnf
 from agent.operations import Operation
 from agent.pipeline.compression import Codec
 from agent.pipeline.load import DecodedStream, unstripe
 from agent.pipeline.progress import FileProgress
-from engines.base import RestoreContext
-from engines.codecs import codec_for_manifest
+from engines.base import RestoreContext, RestoreTargets
 from engines.xtrabackup_layout import Layout, layout_of, object_records
 from engines.xtrabackup_tool import (
     ToolOutput,
@@ -42,19 +43,18 @@ from engines.xtrabackup_tool import (
     split_flags,
 )
 
-RESTORE_DIR = ".tablet-agent-restore"  # inside the datadir: same filesystem, so --move-back renames
+MOVE_BACK_OPTIONS = "move-back.cnf"
 
 
-async def restore_backup(ctx: RestoreContext) -> None:
-    tablet, op, manifest = ctx.tablet, ctx.op, ctx.manifest
-    config = tablet.config
+async def restore_backup(ctx: RestoreContext, config: AgentConfig) -> None:
+    op, manifest = ctx.op, ctx.manifest
     layout = layout_of(manifest)
     records = object_records(manifest, layout)
-    codec = codec_for_manifest(manifest, config)
     tools = find_tools(config, layout.stream_mode)
     restore_flags = split_flags("--xbstream_restore_flags", config.xbstream_restore_flags)
     prepare_flags = split_flags("--xtrabackup_prepare_flags", config.xtrabackup_prepare_flags)
-    work = tablet.mycnf.datadir / RESTORE_DIR
+    work = ctx.work_dir / "xtrabackup"
+    options = ctx.work_dir / MOVE_BACK_OPTIONS
     await in_thread(fresh_dir, work)
     try:
         op.set_phase("extracting the backup stream")
@@ -62,17 +62,32 @@ async def restore_backup(ctx: RestoreContext) -> None:
             ctx,
             layout,
             records,
-            codec,
+            ctx.codec,
             extract_argv(tools, layout.stream_mode, work, restore_flags, ctx.concurrency),
         )
         await in_thread(check_binlog_info, work, manifest, op)
         op.set_phase("preparing the backup (applying the redo log)")
-        await _run_tool(op, prepare_argv(tools.xtrabackup, tablet.mycnf.path, work, prepare_flags))
-        op.set_phase("moving the files into the datadir")
-        await _run_tool(op, move_back_argv(tools.xtrabackup, tablet.mycnf.path, work))
+        await _run_tool(op, prepare_argv(tools.xtrabackup, ctx.mycnf.path, work, prepare_flags))
+        op.set_phase("moving the files into place")
+        await in_thread(write_move_back_options, options, ctx.mycnf.path, ctx.targets)
+        await _run_tool(op, move_back_argv(tools.xtrabackup, options, work))
     finally:
         await complete(in_thread(shutil.rmtree, work, True))
-    await in_thread(fix_ownership, tablet.mycnf, tablet.state_dir)
+        await complete(in_thread(options.unlink, True))
+    await in_thread(fix_ownership, ctx.targets, ctx.mycnf.datadir)
+
+
+def write_move_back_options(path: Path, mycnf: Path, targets: RestoreTargets) -> None:
+    """The tablet's option file with the target directories in place of the tablet's own."""
+    lines = [
+        f"!include {mycnf}",
+        "[mysqld]",
+        f"datadir={targets.datadir}",
+        f"innodb_data_home_dir={targets.innodb_data_home_dir}",
+        f"innodb_log_group_home_dir={targets.innodb_log_group_home_dir}",
+        f"innodb_undo_directory={targets.innodb_undo_directory}",
+    ]
+    path.write_text("".join(f"{line}\n" for line in lines))
 
 
 async def _extract(
@@ -187,19 +202,20 @@ def check_binlog_info(work: Path, manifest: Manifest, op: Operation) -> None:
         )
 
 
-def fix_ownership(cnf: MyCnf, state_dir: Path) -> None:
-    """Give the restored files the owner of the directory they are in (the mysqld user)."""
+def fix_ownership(targets: RestoreTargets, owner_of: Path) -> None:
+    """Give the restored files the owner of `owner_of` (the tablet's datadir: the mysqld user)."""
     if os.geteuid() != 0:
         return  # the files already belong to the agent's user, which then is the mysqld user
-    skip = state_dir.resolve()
-    roots = {cnf.datadir, cnf.innodb_data_home_dir, cnf.innodb_log_group_home_dir, cnf.innodb_undo_directory}
+    st = owner_of.stat()
+    skip = {p.resolve() for p in targets.keep}
+    roots = {targets.datadir, targets.innodb_data_home_dir, targets.innodb_log_group_home_dir}
+    roots.add(targets.innodb_undo_directory)
     for root in roots:
         if root == Path("/") or not root.is_dir():
             continue  # "/": innodb_data_home_dir left empty, data files at absolute paths
-        st = root.stat()
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if Path(dirpath, d).resolve() != skip]
-            for name in dirnames + filenames:
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d).resolve() not in skip]
+            for name in [".", *dirnames, *filenames]:
                 path = os.path.join(dirpath, name)
                 entry = os.lstat(path)
                 if (entry.st_uid, entry.st_gid) != (st.st_uid, st.st_gid):

@@ -198,8 +198,7 @@ def prepare_argv(tool: str, mycnf: Path, target_dir: Path, flags: Sequence[str])
 
 
 def move_back_argv(tool: str, mycnf: Path, target_dir: Path) -> list[str]:
-    # The extraction directory lives inside the (otherwise empty) datadir: same filesystem, so files
-    # are renamed, not copied.
+    # The extraction directory is on the targets' filesystem: files are renamed, not copied.
     return [
         tool,
         f"--defaults-file={mycnf}",

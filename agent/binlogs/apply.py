@@ -29,11 +29,10 @@ from agent.config import BinlogApplier
 from agent.errors import AgentError, DataLoss, FailedPrecondition
 from agent.mysql import replication
 from agent.mysql.binlog_transactions import read_transactions
-from agent.mysql.client import Credentials
-from agent.mysql.gtid import Flavor, MariaDBGTIDSet, Position, parse_gtid_set
-from agent.mysql.mysqld import ServerFlavor, find_program
+from agent.mysql.client import Credentials, MysqlClient
+from agent.mysql.gtid import Flavor, MariaDBGTIDSet, Position
+from agent.mysql.mysqld import ServerInfo, find_program
 from agent.operations import Operation
-from agent.tablet import Tablet
 
 BINLOG_TOOLS = ("mariadb-binlog", "mysqlbinlog")
 CLIENT_TOOLS = ("mariadb", "mysql")
@@ -78,7 +77,7 @@ class Applier(Protocol):
     name: str
 
     async def apply(
-        self, tablet: Tablet, op: Operation, start: Position, steps: Sequence[ReplayStep], workdir: Path
+        self, client: MysqlClient, op: Operation, start: Position, steps: Sequence[ReplayStep], workdir: Path
     ) -> None:
         """Replay `steps` onto the running mysqld, whose GTID position is `start`."""
 
@@ -123,17 +122,17 @@ class PipeApplier:
     name = "pipe"
 
     async def apply(
-        self, tablet: Tablet, op: Operation, start: Position, steps: Sequence[ReplayStep], workdir: Path
+        self, client: MysqlClient, op: Operation, start: Position, steps: Sequence[ReplayStep], workdir: Path
     ) -> None:
         missing = "replaying binlogs needs mariadb-binlog (mysqlbinlog) and the mariadb (mysql) client: install mariadb-client"
-        decoder, client = find_program(BINLOG_TOOLS, missing), find_program(CLIENT_TOOLS, missing)
+        decoder, mariadb = find_program(BINLOG_TOOLS, missing), find_program(CLIENT_TOOLS, missing)
         options = workdir / "client.cnf"
-        await in_thread(_write_private, options, _client_options(tablet.credentials))
+        await in_thread(_write_private, options, _client_options(client.credentials))
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         read_end, write_end = os.pipe()
         try:
             async with spawn(
-                [client, f"--defaults-file={options}", "--batch", "--skip-column-names"],
+                [mariadb, f"--defaults-file={options}", "--batch", "--skip-column-names"],
                 stdin=read_end,
                 env=env,
                 on_stderr_line=op.warning,
@@ -174,14 +173,13 @@ class ReplicationApplier:
         self.threads = threads
 
     async def apply(
-        self, tablet: Tablet, op: Operation, start: Position, steps: Sequence[ReplayStep], workdir: Path
+        self, client: MysqlClient, op: Operation, start: Position, steps: Sequence[ReplayStep], workdir: Path
     ) -> None:
-        client = tablet.client
         saved = await client.query_one(
             "SELECT @@GLOBAL.slave_parallel_threads AS threads, @@GLOBAL.slave_parallel_mode AS mode"
         )
         assert saved is not None
-        await _reset_replication(tablet)
+        await _reset_replication(client)
         await client.execute("SET GLOBAL slave_parallel_threads = %s", (self.threads,))
         await client.execute("SET GLOBAL slave_parallel_mode = 'optimistic'")
         try:
@@ -200,30 +198,30 @@ class ReplicationApplier:
                         (source.port, source.user, source.password),
                     )
                     await client.execute("START SLAVE UNTIL master_gtid_pos = %s", (str(step.end.gtids),))
-                    await _wait_until(tablet, op, step.end)
-                    await _reset_replication(tablet)
+                    await _wait_until(client, op, step.end)
+                    await _reset_replication(client)
                 current = step.end
         finally:
             with contextlib.suppress(AgentError):
-                await _reset_replication(tablet)
+                await _reset_replication(client)
             with contextlib.suppress(AgentError):
                 await client.execute("SET GLOBAL slave_parallel_threads = %s", (int(saved["threads"]),))
                 await client.execute("SET GLOBAL slave_parallel_mode = %s", (str(saved["mode"]),))
 
 
-async def _reset_replication(tablet: Tablet) -> None:
-    await replication.stop_replication(tablet.client, ServerFlavor.MARIADB)
-    await tablet.client.execute("RESET SLAVE ALL")
+async def _reset_replication(client: MysqlClient) -> None:
+    await replication.stop_replication(client, Flavor.MARIADB)
+    await client.execute("RESET SLAVE ALL")
 
 
-async def _wait_until(tablet: Tablet, op: Operation, end: Position) -> None:
+async def _wait_until(client: MysqlClient, op: Operation, end: Position) -> None:
     """Until the SQL thread has applied `end`; its errors (or the IO thread's, persisting) fail the replay."""
     loop = asyncio.get_running_loop()
     next_report = loop.time() + PROGRESS_EVERY
     io_error_since: float | None = None
     while True:
-        status: dict[str, Any] = await tablet.client.query_one("SHOW SLAVE STATUS") or {}
-        applied = parse_gtid_set(end.flavor, await replication.replica_position(tablet.client))
+        status: dict[str, Any] = await client.query_one("SHOW SLAVE STATUS") or {}
+        applied = (await replication.replica_position(client)).gtids
         if applied.contains(end.gtids):
             return
         if status.get("Last_SQL_Errno"):
@@ -249,20 +247,22 @@ async def _wait_until(tablet: Tablet, op: Operation, end: Position) -> None:
 
 
 async def choose_applier(
-    tablet: Tablet, op: Operation, flavor: ServerFlavor, steps: Sequence[ReplayStep]
+    *,
+    setting: BinlogApplier,
+    threads: int,
+    client: MysqlClient,
+    info: ServerInfo,
+    op: Operation,
+    steps: Sequence[ReplayStep],
 ) -> Applier:
     """The configured applier; `auto` takes replication when it can work here, else the pipe."""
-    setting = tablet.config.binlog_applier
     if setting is BinlogApplier.PIPE:
         return PipeApplier()
     reasons = []
-    if flavor is not ServerFlavor.MARIADB:
+    if info.flavor is not Flavor.MARIADB:
         reasons.append("the server is not MariaDB")
     files = [f for step in steps for f in step.files]
-    info = await tablet.mysqld.server_info()
-    row = await tablet.client.query_one(
-        "SELECT @@GLOBAL.log_bin AS log_bin, @@GLOBAL.log_slave_updates AS updates"
-    )
+    row = await client.query_one("SELECT @@GLOBAL.log_bin AS log_bin, @@GLOBAL.log_slave_updates AS updates")
     if row is not None and str(row["log_bin"]) == "1" and str(row["updates"]) == "0":
         reasons.append(
             "log_slave_updates is off: replicated transactions would not reach this server's binlog"
@@ -270,7 +270,7 @@ async def choose_applier(
     if await in_thread(own_transactions, files, info.server_id):
         reasons.append(f"the binlogs hold transactions of this server's own server_id {info.server_id}")
     if not reasons:
-        return ReplicationApplier(tablet.config.binlog_applier_threads)
+        return ReplicationApplier(threads)
     if setting is BinlogApplier.REPLICATION:
         raise FailedPrecondition(
             f"--binlog_applier=replication cannot replay these binlogs: {'; '.join(reasons)}; use --binlog_applier=pipe"

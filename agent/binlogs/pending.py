@@ -9,23 +9,24 @@ from agent.aio.tasks import in_thread
 from agent.catalog.summary import Newest
 from agent.mysql import replication
 from agent.mysql.binlog_headers import read_binlog_header
+from agent.mysql.client import SqlRunner
 from agent.mysql.gtid import GTIDSet, parse_position
-from agent.tablet import Tablet
+from agent.mysql.mycnf import MyCnf
 
 
 def _preceding_sets(directory: Path, names: list[str]) -> list[GTIDSet]:
     return [read_binlog_header(directory / name, walk=False).previous_gtids for name in names]
 
 
-async def pending_binlogs(tablet: Tablet, newest: Newest) -> int | None:
+async def pending_binlogs(client: SqlRunner, mycnf: MyCnf, newest: Newest) -> int | None:
     """None when binlogging is off or mysqld does not answer."""
-    if tablet.mycnf.log_bin is None:
+    if mycnf.log_bin is None:
         return None
-    logs = [name for name, _ in await replication.binary_logs(tablet.client)]
+    logs = [name for name, _ in await replication.binary_logs(client)]
     if len(logs) < 2:
         return 0
     # file i holds the transactions between its preceding set and the next file's
-    sets = await in_thread(_preceding_sets, tablet.mycnf.log_bin.parent, logs[1:])
+    sets = await in_thread(_preceding_sets, mycnf.log_bin.parent, logs[1:])
     covered: GTIDSet | None = None
     for entry in (newest.full, newest.incremental):
         if entry is not None and entry.manifest is not None and entry.manifest.position:

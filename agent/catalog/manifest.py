@@ -7,7 +7,6 @@ Unknown keys written by newer tools are kept on read and written back unchanged.
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 from collections.abc import Sequence
@@ -18,20 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from pydantic_core.core_schema import SerializerFunctionWrapHandler
 
 from agent.errors import DataLoss, InvalidArgument
+from agent.mysql.datafiles import FileBase
 
 MANIFEST_FILENAME = "MANIFEST"
 MAX_MANIFEST_SIZE = 64 << 20
 MAX_FILE_ENTRIES = 1_000_000
 _ALIAS = re.compile(r"^[A-Za-z0-9_]+-[0-9]+$")
-
-
-class FileBase(enum.StrEnum):
-    """Which mysqld directory a builtin FileEntry's Name is relative to."""
-
-    INNODB_DATA = "InnoDBData"
-    INNODB_LOG = "InnoDBLog"
-    BINLOG = "BinLog"
-    DATA = "Data"
+_BACKUP_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}\.\d{6}\.[A-Za-z0-9_]+-[0-9]+$")
 
 
 class _Model(BaseModel):
@@ -193,6 +185,11 @@ def backup_name(now: datetime, alias: str) -> str:
     if not _ALIAS.match(alias):
         raise InvalidArgument(f"invalid tablet alias {alias!r} for a backup name")
     return f"{now.astimezone(UTC):%Y-%m-%d.%H%M%S}.{alias}"
+
+
+def looks_like_backup_name(text: str) -> bool:
+    """Whether `text` has the form of a backup name (not a GTID position)."""
+    return bool(_BACKUP_NAME.match(text))
 
 
 def manifest_to_json(m: Manifest) -> bytes:

@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import uvloop
 
+from agent import AGENT_VERSION
 from agent.binlogs.pending import pending_binlogs
 from agent.config import AgentConfig, build_config, canonical_key, config_keys
+from agent.daemon.metrics import AgentMetrics
 from agent.daemon.sdnotify import SystemdNotifier
 from agent.daemon.server import AgentServer
 from agent.daemon.servicer import TabletManagerServicer
 from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
 from agent.ops.startup import prepare_tablet
-from agent.tablet import AGENT_VERSION, Tablet
+from agent.tablet import Tablet
 
 if TYPE_CHECKING:
     from agent.topo.tablets import Registration
@@ -93,13 +95,14 @@ async def serve(config: AgentConfig) -> int:
         address=f"{config.grpc_bind_address}:{port}",
         version=AGENT_VERSION,
     )
+    metrics = AgentMetrics(tablet.runner)
     if config.metrics_port:
-        metrics_port = tablet.metrics.serve(config.metrics_bind_address, config.metrics_port)
+        metrics_port = metrics.serve(config.metrics_bind_address, config.metrics_port)
         log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
     registration = await register(tablet, port)
     background = [
         asyncio.create_task(tablet.summary.run()),
-        asyncio.create_task(track_pending_binlogs(tablet)),
+        asyncio.create_task(track_pending_binlogs(tablet, metrics)),
     ]
     notifier.notify("READY=1", f"STATUS=serving on {config.grpc_bind_address}:{port}")
 
@@ -118,7 +121,7 @@ async def serve(config: AgentConfig) -> int:
     watchdog.cancel()
     for task in background:
         task.cancel()
-    tablet.metrics.stop()
+    metrics.stop()
     stopping = asyncio.create_task(server.stop(config.grpc_shutdown_grace))
     await tablet.runner.shutdown(config.grpc_shutdown_grace)
     await stopping
@@ -146,12 +149,14 @@ async def register(tablet: Tablet, port: int) -> Registration | None:
     return registration
 
 
-async def track_pending_binlogs(tablet: Tablet) -> None:
+async def track_pending_binlogs(tablet: Tablet, metrics: AgentMetrics) -> None:
     """Keep the binlog-files-pending metric fresh (every minute; mysqld may be down for a while)."""
     while True:
         await tablet.summary.wait()
         try:
-            tablet.metrics.binlog_files_pending = await pending_binlogs(tablet, tablet.summary.newest)
+            metrics.binlog_files_pending = await pending_binlogs(
+                tablet.client, tablet.mycnf, tablet.summary.newest
+            )
         except (AgentError, OSError) as e:
             log.debug("cannot count pending binlogs", error=str(e))
         await asyncio.sleep(PENDING_BINLOGS_INTERVAL)

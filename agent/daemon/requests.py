@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from agent.catalog.manifest import looks_like_backup_name
 from agent.config import AgentConfig, EngineName
 from agent.daemon.convert import duration_from_pb, time_from_pb
 from agent.errors import InvalidArgument
@@ -29,12 +30,13 @@ def _engine(value: str, field: str) -> EngineName:
         ) from None
 
 
-def _position_text(value: str, field: str, *, allow_auto: bool = False) -> str:
-    """A GTID position (flavor prefix optional), checked now so a typo fails before anything runs."""
+def _position_text(value: str, field: str, *, allow_backup: bool = False) -> str:
+    """A GTID position (flavor prefix optional), checked now so a typo fails before anything runs; with
+    `allow_backup` also `auto` or a backup's name (its position, as Vitess resolves it)."""
     if len(value) > MAX_POSITION_LEN:
         raise InvalidArgument(f"{field}: position is too long ({len(value)} characters)")
     text = value.strip()
-    if not text or (allow_auto and text == "auto"):
+    if not text or (allow_backup and (text == "auto" or looks_like_backup_name(text))):
         return text
     try:
         parse_position(text)
@@ -76,7 +78,7 @@ def backup_params(req: tabletmanagerdata_pb2.BackupRequest, config: AgentConfig)
         concurrency=req.concurrency or config.concurrency,
         allow_primary=req.allow_primary,
         incremental_from_pos=_position_text(
-            req.incremental_from_pos, "incremental_from_pos", allow_auto=True
+            req.incremental_from_pos, "incremental_from_pos", allow_backup=True
         ),
         upgrade_safe=req.upgrade_safe,
         engine=engine,

@@ -7,13 +7,14 @@ Vitess's builtin engine names each file by a base directory and a relative name:
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from agent.catalog.manifest import FileBase as Base
 from agent.errors import DataLoss
 from agent.mysql.gtid import MariaDBGTIDSet
 from agent.mysql.mycnf import MyCnf
@@ -39,22 +40,31 @@ BINLOG_SIDE_FILES = frozenset({"index", "state"})
 INNODB_LOG_RE = re.compile(r"^ib_logfile\d+$")
 
 
+class FileBase(enum.StrEnum):
+    """Which mysqld directory a file's name is relative to (the `Base` of Vitess's builtin FileEntry)."""
+
+    INNODB_DATA = "InnoDBData"
+    INNODB_LOG = "InnoDBLog"
+    BINLOG = "BinLog"
+    DATA = "Data"
+
+
 @dataclass(frozen=True)
 class DataFile:
-    base: Base
+    base: FileBase
     name: str  # relative to the base directory, '/'-separated
     path: Path
     size: int
 
 
-def base_directories(cnf: MyCnf) -> dict[Base, Path]:
+def base_directories(cnf: MyCnf) -> dict[FileBase, Path]:
     dirs = {
-        Base.DATA: cnf.datadir,
-        Base.INNODB_DATA: cnf.innodb_data_home_dir,
-        Base.INNODB_LOG: cnf.innodb_log_group_home_dir,
+        FileBase.DATA: cnf.datadir,
+        FileBase.INNODB_DATA: cnf.innodb_data_home_dir,
+        FileBase.INNODB_LOG: cnf.innodb_log_group_home_dir,
     }
     if cnf.log_bin is not None:
-        dirs[Base.BINLOG] = cnf.log_bin.parent
+        dirs[FileBase.BINLOG] = cnf.log_bin.parent
     return dirs
 
 
@@ -84,7 +94,7 @@ def find_files_to_backup(cnf: MyCnf, exclude: tuple[Path, ...] = ()) -> list[Dat
     files: list[DataFile] = []
     claimed: set[Path] = set()
 
-    def add(base: Base, root: Path, path: Path) -> None:
+    def add(base: FileBase, root: Path, path: Path) -> None:
         resolved = path.resolve()
         if resolved in claimed:
             return
@@ -94,11 +104,11 @@ def find_files_to_backup(cnf: MyCnf, exclude: tuple[Path, ...] = ()) -> list[Dat
     for name in innodb_data_files(cnf):
         path = cnf.innodb_data_home_dir / name
         if path.is_file():
-            add(Base.INNODB_DATA, cnf.innodb_data_home_dir, path)
+            add(FileBase.INNODB_DATA, cnf.innodb_data_home_dir, path)
     if cnf.innodb_log_group_home_dir.is_dir():
         for entry in sorted(cnf.innodb_log_group_home_dir.iterdir()):
             if INNODB_LOG_RE.match(entry.name) and entry.is_file():
-                add(Base.INNODB_LOG, cnf.innodb_log_group_home_dir, entry)
+                add(FileBase.INNODB_LOG, cnf.innodb_log_group_home_dir, entry)
 
     skip = {p.resolve() for p in exclude}
     skip.update(p.resolve() for p in (cnf.pid_file, cnf.log_error, cnf.socket) if p is not None)
@@ -110,15 +120,15 @@ def find_files_to_backup(cnf: MyCnf, exclude: tuple[Path, ...] = ()) -> list[Dat
         for name in sorted(filenames):
             path = here / name
             if path.is_file() and not path.is_symlink() and not _is_runtime_file(path, cnf, skip):
-                add(Base.DATA, cnf.datadir, path)
+                add(FileBase.DATA, cnf.datadir, path)
     files.sort(key=lambda f: f.size, reverse=True)
     return files
 
 
-def restore_path(dirs: dict[Base, Path], base: str, parent_path: str, name: str) -> Path:
+def restore_path(dirs: Mapping[FileBase, Path], base: str, parent_path: str, name: str) -> Path:
     """Where a file entry goes. Refuses anything that would land outside its base directory."""
     try:
-        root = dirs[Base(base)]
+        root = dirs[FileBase(base)]
     except (ValueError, KeyError):
         raise DataLoss(f"backup file entry has an unknown or unusable base {base!r}") from None
     rel = PurePosixPath(parent_path) / name if parent_path else PurePosixPath(name)

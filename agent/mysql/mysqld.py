@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import shlex
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from agent.aio.procs import describe_exit, format_argv
 from agent.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from agent.mysql.client import MysqlClient, MysqlSession, QueryError
+from agent.mysql.gtid import Flavor
 from agent.mysql.mycnf import MyCnf
 
 POLL_INTERVAL = 0.15
@@ -33,16 +33,9 @@ SERVER_PROGRAMS = ("mariadbd", "mysqld")
 SBIN = Path("/usr/sbin")
 
 
-class ServerFlavor(enum.StrEnum):
-    """The server's family; the value is its GTID position prefix."""
-
-    MARIADB = "MariaDB"
-    MYSQL = "MySQL56"
-
-
 @dataclass(frozen=True)
 class ServerInfo:
-    flavor: ServerFlavor
+    flavor: Flavor
     version: str
     version_comment: str
     server_uuid: str  # MariaDB: @@server_uid (a base64 hash), "" where absent
@@ -120,8 +113,8 @@ class Mysqld:
         if row is None:
             raise Unavailable(f"mysqld at {self.client.credentials.address} returned no version")
         version = str(row["version"])
-        flavor = ServerFlavor.MARIADB if "mariadb" in version.lower() else ServerFlavor.MYSQL
-        variable = "@@server_uid" if flavor is ServerFlavor.MARIADB else "@@server_uuid"
+        flavor = Flavor.MARIADB if "mariadb" in version.lower() else Flavor.MYSQL56
+        variable = "@@server_uid" if flavor is Flavor.MARIADB else "@@server_uuid"
         try:
             uuid_row = await s.query_one(f"SELECT {variable} AS uuid")
         except QueryError:  # a server without the variable

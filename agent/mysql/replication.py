@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.errors import FailedPrecondition
 from agent.mysql.client import QueryError, SqlRunner
-from agent.mysql.mysqld import ServerFlavor
+from agent.mysql.gtid import Flavor, Position, parse_gtid_set
 
 ER_PARSE_ERROR = 1064
 ER_NO_BINARY_LOGGING = 1381
@@ -60,9 +60,9 @@ class ReplicationSnapshot:
         return self.io_running or self.sql_running
 
 
-async def replication_status(client: SqlRunner, flavor: ServerFlavor) -> ReplicationStatus:
+async def replication_status(client: SqlRunner, flavor: Flavor) -> ReplicationStatus:
     """The default replication channel's state; NOT_CONFIGURED when there is no source."""
-    if flavor is ServerFlavor.MARIADB:
+    if flavor is Flavor.MARIADB:
         row = await client.query_one("SHOW SLAVE STATUS")
     else:
         row = await _replica_statement(client, "SHOW REPLICA STATUS", "SHOW SLAVE STATUS", query=True)
@@ -86,26 +86,24 @@ async def replication_status(client: SqlRunner, flavor: ServerFlavor) -> Replica
     )
 
 
-async def stop_replication(client: SqlRunner, flavor: ServerFlavor) -> None:
+async def stop_replication(client: SqlRunner, flavor: Flavor) -> None:
     """Stop both replication threads (waits until they stopped). No-op without a source."""
     if not (await replication_status(client, flavor)).configured:
         return
-    if flavor is ServerFlavor.MARIADB:
+    if flavor is Flavor.MARIADB:
         await client.execute("STOP SLAVE")
     else:
         await _replica_statement(client, "STOP REPLICA", "STOP SLAVE")
 
 
-async def start_replication(
-    client: SqlRunner, flavor: ServerFlavor, io: bool = True, sql: bool = True
-) -> None:
+async def start_replication(client: SqlRunner, flavor: Flavor, io: bool = True, sql: bool = True) -> None:
     """Start the replication threads (both by default). FailedPrecondition without a source."""
     if not (io or sql):
         return
     if not (await replication_status(client, flavor)).configured:
         raise FailedPrecondition("cannot start replication: no source is configured (CHANGE MASTER TO ...)")
     thread = "" if io and sql else (" IO_THREAD" if io else " SQL_THREAD")
-    if flavor is ServerFlavor.MARIADB:
+    if flavor is Flavor.MARIADB:
         await client.execute("START SLAVE" + thread)
     else:
         await _replica_statement(client, "START REPLICA" + thread, "START SLAVE" + thread)
@@ -128,7 +126,7 @@ async def set_read_only(client: SqlRunner, state: ReadOnlyState) -> None:
         await _set_if_exists(client, "super_read_only", True)
 
 
-async def executed_gtids(client: SqlRunner, flavor: ServerFlavor) -> str:
+async def executed_position(client: SqlRunner, flavor: Flavor) -> Position:
     """The GTID position of the data.
 
     MariaDB: `@@gtid_binlog_pos`, the GTIDs written to this server's own binlog. Unlike
@@ -137,29 +135,29 @@ async def executed_gtids(client: SqlRunner, flavor: ServerFlavor) -> str:
     them. With binlogging off it falls back to `@@gtid_current_pos`.
     MySQL: `@@gtid_executed`.
     """
-    if flavor is ServerFlavor.MYSQL:
-        return await _variable(client, "@@GLOBAL.gtid_executed")
+    if flavor is Flavor.MYSQL56:
+        return _position(flavor, await _variable(client, "@@GLOBAL.gtid_executed"))
     row = await client.query_one("SELECT @@GLOBAL.log_bin AS on_, @@GLOBAL.gtid_binlog_pos AS binlog_pos")
     if row is not None and _on(row["on_"]):
-        return _gtids(row["binlog_pos"])
-    return await _variable(client, "@@GLOBAL.gtid_current_pos")
+        return _position(flavor, _gtids(row["binlog_pos"]))
+    return _position(flavor, await _variable(client, "@@GLOBAL.gtid_current_pos"))
 
 
-async def replica_position(client: SqlRunner) -> str:
+async def replica_position(client: SqlRunner) -> Position:
     """MariaDB's `@@gtid_slave_pos`: the GTIDs the replication applier has applied."""
-    return await _variable(client, "@@GLOBAL.gtid_slave_pos")
+    return _position(Flavor.MARIADB, await _variable(client, "@@GLOBAL.gtid_slave_pos"))
 
 
-async def purged_gtids(client: SqlRunner, flavor: ServerFlavor) -> str:
+async def purged_position(client: SqlRunner, flavor: Flavor) -> Position:
     """GTIDs no longer in the binlogs. MariaDB: the GTID state at the start of the oldest binlog
     (`BINLOG_GTID_POS(<oldest>, 4)`), empty with binlogging off. MySQL: `@@gtid_purged`."""
-    if flavor is ServerFlavor.MYSQL:
-        return await _variable(client, "@@GLOBAL.gtid_purged")
+    if flavor is Flavor.MYSQL56:
+        return _position(flavor, await _variable(client, "@@GLOBAL.gtid_purged"))
     logs = await binary_logs(client)
     if not logs:
-        return ""
+        return _position(flavor, "")
     row = await client.query_one("SELECT BINLOG_GTID_POS(%s, 4) AS pos", (logs[0][0],))
-    return _gtids(row["pos"] if row else "")
+    return _position(flavor, _gtids(row["pos"] if row else ""))
 
 
 async def binary_logs(client: SqlRunner) -> list[tuple[str, int]]:
@@ -178,7 +176,7 @@ async def flush_binary_logs(client: SqlRunner) -> None:
     await client.execute("FLUSH BINARY LOGS")
 
 
-async def snapshot(client: SqlRunner, flavor: ServerFlavor) -> ReplicationSnapshot:
+async def snapshot(client: SqlRunner, flavor: Flavor) -> ReplicationSnapshot:
     """Record replication threads and read-only state, to put them back with `restore_snapshot`."""
     status = await replication_status(client, flavor)
     return ReplicationSnapshot(
@@ -188,7 +186,7 @@ async def snapshot(client: SqlRunner, flavor: ServerFlavor) -> ReplicationSnapsh
     )
 
 
-async def restore_snapshot(client: SqlRunner, flavor: ServerFlavor, snap: ReplicationSnapshot) -> None:
+async def restore_snapshot(client: SqlRunner, flavor: Flavor, snap: ReplicationSnapshot) -> None:
     """Put read-only state back and restart the replication threads that were running."""
     if await read_only_state(client) != snap.read_only:
         await set_read_only(client, snap.read_only)
@@ -203,16 +201,17 @@ async def restore_snapshot(client: SqlRunner, flavor: ServerFlavor, snap: Replic
     )
 
 
-async def set_gtid_state(client: SqlRunner, flavor: ServerFlavor, position_gtids: str) -> None:
-    """After a restore, make the server know it holds `position_gtids` (no flavor prefix).
+async def set_gtid_state(client: SqlRunner, position: Position) -> None:
+    """After a restore, make the server know it holds `position`.
 
     MariaDB: stop replication and set `gtid_slave_pos`, so `MASTER_USE_GTID=slave_pos` resumes from
     there. No `RESET MASTER`: binlogs are kept. When the binlog holds no GTID yet (a restored datadir),
-    `gtid_binlog_state` is set too, so `executed_gtids` reports the position and the server can serve
+    `gtid_binlog_state` is set too, so `executed_position` reports the position and the server can serve
     replicas from it if promoted. MySQL: `RESET MASTER` (this deletes the binlogs) and `gtid_purged`.
     """
+    flavor, position_gtids = position.flavor, str(position.gtids)
     await stop_replication(client, flavor)
-    if flavor is ServerFlavor.MARIADB:
+    if flavor is Flavor.MARIADB:
         await client.execute("SET GLOBAL gtid_slave_pos = %s", (position_gtids,))
         row = await client.query_one("SELECT @@GLOBAL.log_bin AS on_, @@GLOBAL.gtid_binlog_pos AS binlog_pos")
         if row is not None and _on(row["on_"]) and not _gtids(row["binlog_pos"]):
@@ -259,6 +258,10 @@ def _on(value: Any) -> bool:
 
 def _onoff(on: bool) -> str:
     return "ON" if on else "OFF"
+
+
+def _position(flavor: Flavor, gtids: str) -> Position:
+    return Position(flavor, parse_gtid_set(flavor, gtids))
 
 
 def _gtids(value: Any) -> str:

@@ -10,17 +10,21 @@ import asyncio
 import socket
 from datetime import UTC, datetime
 
-from agent.catalog.listing import write_manifest
-from agent.catalog.manifest import AgentInfo, Manifest, backup_name, format_time
+from agent import AGENT_VERSION
+from agent.aio.tasks import complete
+from agent.catalog.listing import list_backup_entries, write_manifest
+from agent.catalog.manifest import AgentInfo, Manifest, backup_name, format_time, looks_like_backup_name
 from agent.config import TabletType
 from agent.errors import AgentError, FailedPrecondition
+from agent.mysql.gtid import parse_position
 from agent.operations import Kind, Operation
+from agent.ops.codecs import codec_for_backup, compression_fields
 from agent.ops.tablet_type import effective_tablet_type
 from agent.params import BackupParams
 from agent.storage.base import BackupHandle
-from agent.tablet import AGENT_VERSION, Tablet
+from agent.tablet import Tablet
 from engines import engine_for_backup
-from engines.base import BackupContext, Engine
+from engines.base import BackupContext, Engine, IncrementalSource
 
 NAME_ATTEMPTS = 3
 
@@ -34,7 +38,7 @@ async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
             "replication source and is writable). If you really need to do this, rerun the backup with "
             "allow_primary (`tabletctl backup --allow-primary`, vtctldclient `Backup --allow-primary`)"
         )
-    engine = engine_for_backup(params)
+    engine = engine_for_backup(params, tablet.config)
 
     async def work(op: Operation) -> None:
         await run_backup(tablet, params, engine, op)
@@ -49,7 +53,20 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
     op.backup_name = name
     op.info(f"starting {engine.name} backup {directory}/{name} to {tablet.storage.describe()}")
     try:
-        outcome = await engine.backup(BackupContext(tablet=tablet, params=params, op=op, handle=handle))
+        codec = codec_for_backup(config)
+        source = await incremental_source(tablet, params) if params.incremental else None
+        ctx = BackupContext(
+            mycnf=tablet.mycnf,
+            mysqld=tablet.mysqld,
+            client=tablet.client,
+            state_dir=tablet.state_dir,
+            params=params,
+            codec=codec,
+            op=op,
+            handle=handle,
+            incremental_from=source,
+        )
+        outcome = await engine.backup(ctx)
         op.set_phase("writing MANIFEST")
         manifest = Manifest(
             BackupName=name,
@@ -69,6 +86,7 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
             **{
                 "BackupMethod": engine.name,
                 "TabletAgent": AgentInfo(Version=AGENT_VERSION),
+                **compression_fields(codec),
                 **outcome.manifest_fields,
             },
         )
@@ -99,6 +117,38 @@ async def _new_backup(tablet: Tablet) -> tuple[datetime, str, BackupHandle]:
 async def _abort(handle: BackupHandle, op: Operation, error: BaseException) -> None:
     """Remove the partial backup; a failure here is reported but never hides the original error."""
     try:
-        await asyncio.shield(handle.abort())
+        await complete(handle.abort())
     except (AgentError, OSError) as e:
         op.warning(f"could not remove the partial backup after {type(error).__name__}: {e}")
+
+
+async def incremental_source(tablet: Tablet, params: BackupParams) -> IncrementalSource:
+    """Where an incremental starts: `auto` (the newest complete backup's position), a backup's name (its
+    position), or a position (flavor prefix optional: the server's flavor)."""
+    text = params.incremental_from_pos
+    info = await tablet.mysqld.server_info()
+    if text != "auto" and not looks_like_backup_name(text):
+        return IncrementalSource(parse_position(text, default_flavor=info.flavor))
+    directory = tablet.backup_directory
+    entries = await list_backup_entries(tablet.storage, directory)
+    for entry in reversed(entries):
+        m = entry.manifest
+        if text not in ("auto", entry.name):
+            continue
+        if entry.complete and m is not None and m.position:
+            position = parse_position(m.position, default_flavor=info.flavor)
+            if position.flavor is info.flavor:
+                return IncrementalSource(position, m.backup_name)
+        if text != "auto":
+            raise FailedPrecondition(
+                f"incremental_from_pos={text}: that backup is not complete or has no position; choose "
+                "another backup (`tabletctl backups`) or pass a position"
+            )
+    if text == "auto":
+        raise FailedPrecondition(
+            f"incremental_from_pos=auto: no complete backup in {directory} to continue from; "
+            "take a full backup first"
+        )
+    raise FailedPrecondition(
+        f"incremental_from_pos={text}: no backup of that name in {directory}; `tabletctl backups` lists them"
+    )

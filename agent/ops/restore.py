@@ -8,7 +8,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from agent.aio.tasks import in_thread
+from agent.aio.tasks import complete, in_thread
 from agent.binlogs.apply import ReplayStep, choose_applier, position_before
 from agent.catalog.listing import list_backup_entries, newest_complete_full
 from agent.catalog.manifest import Manifest, format_time
@@ -17,18 +17,21 @@ from agent.config import TabletType
 from agent.errors import DataLoss, FailedPrecondition
 from agent.mysql import replication
 from agent.mysql.datafiles import clear_binlogs, clear_directory, write_binlog_state
-from agent.mysql.gtid import Flavor, MariaDBGTIDSet, Position, empty_gtid_set, parse_position
+from agent.mysql.gtid import MariaDBGTIDSet, Position, empty_gtid_set, parse_position
 from agent.mysql.master_info import configure_source, read_master_info
-from agent.mysql.mysqld import ServerFlavor
+from agent.mysql.mycnf import MyCnf
 from agent.operations import Kind, Operation
+from agent.ops.codecs import codec_for_restore
 from agent.ops.tablet_type import effective_tablet_type
 from agent.params import RestoreParams
 from agent.statedir.crash_records import clear_restore_sentinel, write_restore_sentinel
 from agent.storage.base import BackupHandle
 from agent.tablet import Tablet
 from engines import engine_for_manifest
-from engines.base import RestoreContext
-from engines.binlog import BinlogEngine
+from engines.base import RestoreContext, RestoreTargets
+from engines.binlog import BinlogEngine, binlog_files
+
+WORK_DIR = ".tablet-agent-restore"  # inside the datadir: on its filesystem, so engines rename, not copy
 
 
 async def start_restore(tablet: Tablet, params: RestoreParams) -> Operation:
@@ -66,7 +69,7 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     path = await choose_path(tablet, params, op)
     manifest, handle = path.full.manifest, path.full.handle
     assert manifest is not None
-    engine = engine_for_manifest(manifest)
+    engine = engine_for_manifest(manifest, config)
     op.backup_name, op.engine = manifest.backup_name, engine.name
     op.info(
         f"restore plan: {engine.name} backup {tablet.backup_directory}/{manifest.backup_name} taken "
@@ -77,7 +80,9 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     for entry in (path.full, *path.incrementals):
         assert entry.manifest is not None
         await check_objects(
-            entry.handle, entry.manifest, engine_for_manifest(entry.manifest).stored_objects(entry.manifest)
+            entry.handle,
+            entry.manifest,
+            engine_for_manifest(entry.manifest, config).stored_objects(entry.manifest),
         )
     if params.dry_run:
         op.info("dry run: the backups' objects are all present; nothing was changed")
@@ -90,9 +95,23 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     op.set_phase("clearing data directories")
     await in_thread(_clear_tablet_dirs, tablet)
     op.set_phase("restoring files")
-    await engine.restore(
-        RestoreContext(tablet=tablet, op=op, handle=handle, manifest=manifest, concurrency=config.concurrency)
-    )
+    work_dir = tablet.mycnf.datadir / WORK_DIR
+    await in_thread(_fresh_dir, work_dir)
+    try:
+        await engine.restore(
+            RestoreContext(
+                mycnf=tablet.mycnf,
+                targets=live_targets(tablet.mycnf, tablet.state_dir),
+                work_dir=work_dir,
+                codec=codec_for_restore(manifest, config),
+                op=op,
+                handle=handle,
+                manifest=manifest,
+                concurrency=config.concurrency,
+            )
+        )
+    finally:
+        await complete(in_thread(shutil.rmtree, work_dir, True))
     position = parse_position(manifest.position) if manifest.position else None
     if position is not None and isinstance(position.gtids, MariaDBGTIDSet):
         await in_thread(write_binlog_state, tablet.mycnf, position.gtids)
@@ -100,14 +119,14 @@ async def run_restore(tablet: Tablet, params: RestoreParams, op: Operation) -> N
     await tablet.mysqld.start(config.mysqld_start_timeout)
     info = await tablet.mysqld.server_info()
     if position is not None and not position.is_empty():
-        await replication.set_gtid_state(tablet.client, info.flavor, str(position.gtids))
+        await replication.set_gtid_state(tablet.client, position)
     if params.point_in_time:
         reached = await replay_incrementals(
             tablet,
             op,
             params,
             path,
-            position or Position(_flavor(info.flavor), empty_gtid_set(_flavor(info.flavor))),
+            position or Position(info.flavor, empty_gtid_set(info.flavor)),
         )
     elif source is not None:
         await configure_source(tablet.client, source)
@@ -142,10 +161,19 @@ async def replay_incrementals(
         for k, entry in enumerate(path.incrementals):
             m = entry.manifest
             assert m is not None
+            dest = workdir / f"binlogs-{k}"
             ctx = RestoreContext(
-                tablet=tablet, op=op, handle=entry.handle, manifest=m, concurrency=tablet.config.concurrency
+                mycnf=tablet.mycnf,
+                targets=RestoreTargets.binlogs_into(dest),
+                work_dir=workdir,
+                codec=codec_for_restore(m, tablet.config),
+                op=op,
+                handle=entry.handle,
+                manifest=m,
+                concurrency=tablet.config.concurrency,
             )
-            files = await binlogs.restore_binlogs(ctx, workdir / f"binlogs-{k}")
+            await binlogs.restore(ctx)
+            files = binlog_files(m, dest)
             steps.append(
                 ReplayStep(entry.name, tuple(files), parse_position(m.position, default_flavor=start.flavor))
             )
@@ -158,15 +186,21 @@ async def replay_incrementals(
         else:
             target = parse_position(params.restore_to_pos, default_flavor=start.flavor)
         info = await tablet.mysqld.server_info()
-        applier = await choose_applier(tablet, op, info.flavor, steps)
-        op.set_phase(f"replaying binlogs ({applier.name})")
-        await applier.apply(tablet, op, start, _up_to(steps, target), workdir)
-        executed = parse_position(
-            await replication.executed_gtids(tablet.client, info.flavor), default_flavor=start.flavor
+        config = tablet.config
+        applier = await choose_applier(
+            setting=config.binlog_applier,
+            threads=config.binlog_applier_threads,
+            client=tablet.client,
+            info=info,
+            op=op,
+            steps=steps,
         )
+        op.set_phase(f"replaying binlogs ({applier.name})")
+        await applier.apply(tablet.client, op, start, _up_to(steps, target), workdir)
+        executed = await replication.executed_position(tablet.client, info.flavor)
         if not executed.contains(target) or not target.contains(executed):
             raise DataLoss(f"the binlog replay ended at position {executed}, not at the target {target}")
-        await replication.set_gtid_state(tablet.client, info.flavor, str(target.gtids))
+        await replication.set_gtid_state(tablet.client, target)
         op.info(f"replayed binlogs up to {target}")
         return target
     finally:
@@ -192,10 +226,6 @@ def _fresh_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True)
 
 
-def _flavor(flavor: ServerFlavor) -> Flavor:
-    return Flavor.MARIADB if flavor is ServerFlavor.MARIADB else Flavor.MYSQL56
-
-
 async def check_objects(handle: BackupHandle, manifest: Manifest, names: list[str]) -> None:
     """Refuse a backup with missing objects before the datadir is touched."""
     sizes = await asyncio.gather(*(handle.file_size(name) for name in names))
@@ -205,6 +235,18 @@ async def check_objects(handle: BackupHandle, manifest: Manifest, names: list[st
             f"backup {manifest.backup_name} is missing stored object(s) {', '.join(missing[:10])}: it cannot "
             "be restored; choose another backup (RestoreFromBackup backup_time) or remove it"
         )
+
+
+def live_targets(cnf: MyCnf, state_dir: Path) -> RestoreTargets:
+    """The tablet's own directories, for a restore in place."""
+    return RestoreTargets(
+        keep=(state_dir,),
+        datadir=cnf.datadir,
+        innodb_data_home_dir=cnf.innodb_data_home_dir,
+        innodb_log_group_home_dir=cnf.innodb_log_group_home_dir,
+        innodb_undo_directory=cnf.innodb_undo_directory,
+        binlog_dir=cnf.log_bin.parent if cnf.log_bin is not None else None,
+    )
 
 
 def _clear_tablet_dirs(tablet: Tablet) -> None:

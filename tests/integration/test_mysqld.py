@@ -16,8 +16,9 @@ import pytest
 
 from agent.errors import DeadlineExceeded, Unavailable
 from agent.mysql.client import Credentials, MysqlClient, QueryError, credentials_from
+from agent.mysql.gtid import Flavor
 from agent.mysql.mycnf import read_mycnf
-from agent.mysql.mysqld import Mysqld, ServerFlavor
+from agent.mysql.mysqld import Mysqld
 from tests.sandbox import Sandbox, SandboxFactory, find_program, is_alive
 
 pytestmark = pytest.mark.integration
@@ -67,7 +68,7 @@ async def test_start_wait_info_and_shutdown(sandbox_factory: SandboxFactory) -> 
     assert pid is not None and pid == sandbox.pid()
     assert os.getsid(pid) == pid  # its own session: no terminal signal of ours reaches it
     info = await mysqld.server_info()
-    assert info.flavor is ServerFlavor.MARIADB
+    assert info.flavor is Flavor.MARIADB
     assert "MariaDB" in info.version and info.version.startswith("10.")
     assert info.server_id == sandbox.server_id
     assert info.server_uuid  # MariaDB's @@server_uid

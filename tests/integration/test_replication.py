@@ -10,13 +10,13 @@ import pytest
 from agent.errors import FailedPrecondition
 from agent.mysql import replication as repl
 from agent.mysql.client import MysqlClient, credentials_from
+from agent.mysql.gtid import Flavor
 from agent.mysql.mycnf import read_mycnf
-from agent.mysql.mysqld import ServerFlavor
 from tests.sandbox import Sandbox, SandboxFactory
 
 pytestmark = pytest.mark.integration
 
-MARIADB = ServerFlavor.MARIADB
+MARIADB = Flavor.MARIADB
 WriteRows = Callable[..., str]
 
 

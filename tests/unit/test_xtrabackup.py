@@ -19,8 +19,8 @@ from agent.catalog.manifest import AgentInfo, Manifest, StoredObject
 from agent.config import AgentConfig
 from agent.errors import DataLoss, FailedPrecondition, InvalidArgument
 from agent.mysql.client import Credentials
-from agent.mysql.mycnf import read_mycnf
 from agent.operations import Kind, Operation
+from engines.base import RestoreTargets
 from engines.xtrabackup import XtrabackupEngine
 from engines.xtrabackup_layout import layout_of, object_records
 from engines.xtrabackup_restore import check_binlog_info, fix_ownership
@@ -314,7 +314,7 @@ def manifest(**kw: Any) -> Manifest:
     ],
 )
 def test_object_names_follow_vitess(stripes: int, names: list[str]) -> None:
-    assert XtrabackupEngine().stored_objects(manifest(NumStripes=stripes)) == names
+    assert XtrabackupEngine(config()).stored_objects(manifest(NumStripes=stripes)) == names
 
 
 @pytest.mark.parametrize(
@@ -332,14 +332,14 @@ def test_object_names_follow_vitess(stripes: int, names: list[str]) -> None:
 )
 def test_forged_layouts_are_refused_before_anything_is_touched(fields: dict[str, Any]) -> None:
     with pytest.raises(DataLoss):
-        XtrabackupEngine().stored_objects(manifest(**fields))
+        XtrabackupEngine(config()).stored_objects(manifest(**fields))
 
 
 def test_hashes_are_all_or_nothing() -> None:
     obj = StoredObject(Name="backup.xbstream.zst-000", Size=1, StoredSize=1, Crc32="0", Sha256="0")
     m = manifest(NumStripes=2, TabletAgent=AgentInfo(Version="1", Objects=[obj]))
     with pytest.raises(DataLoss, match="no hash for object"):
-        XtrabackupEngine().stored_objects(m)
+        XtrabackupEngine(config()).stored_objects(m)
     vitess_made = manifest(NumStripes=2)
     assert set(object_records(vitess_made, layout_of(vitess_made)).values()) == {None}
 
@@ -364,9 +364,7 @@ def test_restored_files_get_the_owner_of_their_directory(tmp_path: Path) -> None
     for path in (datadir / "ibdata1", datadir / "db" / "t.ibd", state / "record"):
         path.write_text("x")
     os.chown(datadir, 4321, 4321)
-    cnf = tmp_path / "my.cnf"
-    cnf.write_text(f"[mysqld]\ndatadir={datadir}\n")
-    fix_ownership(read_mycnf(cnf), state)
+    fix_ownership(RestoreTargets(datadir, datadir, datadir, datadir, None, keep=(state,)), datadir)
     owners = {
         p.relative_to(datadir).as_posix(): (p.stat().st_uid, p.stat().st_gid) for p in datadir.rglob("*")
     }

@@ -10,7 +10,7 @@ from typing import Any
 from agent.errors import AgentError, Unavailable
 from agent.mysql import replication
 from agent.mysql.client import MysqlSession
-from agent.mysql.mysqld import ServerFlavor
+from agent.mysql.gtid import Flavor
 from agent.pb import replicationdata_pb2
 from agent.tablet import Tablet
 
@@ -21,10 +21,6 @@ _IO_STATES = {"yes": IO_RUNNING, "no": IO_STOPPED, "connecting": IO_CONNECTING, 
 
 def _on(value: Any) -> bool:
     return str(value).strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _prefix(flavor: ServerFlavor) -> str:
-    return "MariaDB/" if flavor is ServerFlavor.MARIADB else "MySQL56/"
 
 
 async def _variables(session: MysqlSession, names: tuple[str, ...]) -> dict[str, str]:
@@ -93,7 +89,7 @@ async def build_full_status(tablet: Tablet) -> replicationdata_pb2.FullStatus:
         info = await tablet.mysqld.server_info()
     except AgentError as e:
         raise Unavailable(f"FullStatus needs a running mysqld: {e}") from None
-    flavor, prefix = info.flavor, _prefix(info.flavor)
+    flavor, prefix = info.flavor, f"{info.flavor}/"
     async with tablet.client.connection() as s:
         v = await _variables(
             s,
@@ -106,25 +102,23 @@ async def build_full_status(tablet: Tablet) -> replicationdata_pb2.FullStatus:
             ),
         )  # fmt: skip
         semi = await _status_values(s, "Rpl_semi_sync_%")
-        row = await s.query_one(
-            "SHOW SLAVE STATUS" if flavor is ServerFlavor.MARIADB else "SHOW REPLICA STATUS"
-        )
+        row = await s.query_one("SHOW SLAVE STATUS" if flavor is Flavor.MARIADB else "SHOW REPLICA STATUS")
         master = await s.query_one("SHOW MASTER STATUS") if _on(v.get("log_bin", "")) else None
-        purged = await replication.purged_gtids(s, flavor)
+        purged = await replication.purged_position(s, flavor)
 
     def either(a: str, b: str) -> str:
         return v.get(a) or v.get(b) or ""
 
-    executed = v.get("gtid_binlog_pos", "") if flavor is ServerFlavor.MARIADB else v.get("gtid_executed", "")
+    executed = v.get("gtid_binlog_pos", "") if flavor is Flavor.MARIADB else v.get("gtid_executed", "")
     status = replicationdata_pb2.FullStatus(
         server_id=info.server_id,
         server_uuid=info.server_uuid,
-        gtid_purged=prefix + purged,
+        gtid_purged=str(purged),
         version=info.version,
         version_comment=info.version_comment,
         read_only=_on(v.get("read_only", "")),
         super_read_only=_on(v.get("super_read_only", "")),
-        gtid_mode="ON" if flavor is ServerFlavor.MARIADB else v.get("gtid_mode", ""),
+        gtid_mode="ON" if flavor is Flavor.MARIADB else v.get("gtid_mode", ""),
         binlog_format=v.get("binlog_format", ""),
         binlog_row_image=v.get("binlog_row_image", ""),
         log_bin_enabled=_on(v.get("log_bin", "")),
@@ -150,7 +144,7 @@ async def build_full_status(tablet: Tablet) -> replicationdata_pb2.FullStatus:
     )
     if row is not None:
         # MariaDB: what the replica applied from its source; MySQL: everything it executed
-        applied = v.get("gtid_slave_pos", "") if flavor is ServerFlavor.MARIADB else executed
+        applied = v.get("gtid_slave_pos", "") if flavor is Flavor.MARIADB else executed
         status.replication_status.CopyFrom(_replication_pb(row, prefix + "".join(applied.split())))
     if master is not None:
         status.primary_status.CopyFrom(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from agent import AGENT_VERSION
 from agent.catalog.listing import BackupEntry
 from agent.catalog.summary import Newest
 from agent.config import is_loopback
@@ -12,7 +13,7 @@ from agent.daemon.views.backups import backup_info
 from agent.mysql.state import MysqldState
 from agent.operations import Result
 from agent.pb import agentdata_pb2, topodata_pb2
-from agent.tablet import AGENT_VERSION, Tablet
+from agent.tablet import Tablet
 
 
 def _mysqld_pb(state: MysqldState) -> agentdata_pb2.MysqldState:
@@ -42,7 +43,7 @@ def _mysqld_pb(state: MysqldState) -> agentdata_pb2.MysqldState:
 
 async def build_status(tablet: Tablet, finished_limit: int) -> agentdata_pb2.StatusResponse:
     config = tablet.config
-    state = await tablet.mysqld_states.get(tablet)
+    state = await tablet.mysqld_states.get()
     problems = list(state.problems)
     finished = tablet.runner.finished[: max(0, finished_limit)]
     last_backup = next(

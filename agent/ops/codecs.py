@@ -1,4 +1,5 @@
-"""The compression codec from the agent's config (backups) or from a MANIFEST (restores)."""
+"""The compression codec: from the agent's config for a backup (chosen once, recorded in the MANIFEST by
+the orchestrator), from the MANIFEST for a restore (never the current flags)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ def codec_options(config: AgentConfig) -> compression.CodecOptions:
     )
 
 
-def codec_for_config(config: AgentConfig) -> compression.Codec:
+def codec_for_backup(config: AgentConfig) -> compression.Codec:
     return compression.get_codec(config.compression_engine_name, codec_options(config))
 
 
-def manifest_compression_fields(config: AgentConfig) -> dict[str, Any]:
+def compression_fields(codec: compression.Codec) -> dict[str, Any]:
     """CompressionEngine / SkipCompress / ExternalDecompressor as MANIFEST keys."""
-    fields = compression.manifest_compression(codec_for_config(config))
+    fields = compression.manifest_compression(codec)
     return {
         "CompressionEngine": fields["compression_engine"],
         "SkipCompress": fields["skip_compress"],
@@ -32,7 +33,7 @@ def manifest_compression_fields(config: AgentConfig) -> dict[str, Any]:
     }
 
 
-def codec_for_manifest(manifest: Manifest, config: AgentConfig) -> compression.Codec:
+def codec_for_restore(manifest: Manifest, config: AgentConfig) -> compression.Codec:
     """A restore follows the MANIFEST, never the current compression flags."""
     return compression.codec_for_manifest(
         manifest.compression_engine,

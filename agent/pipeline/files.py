@@ -1,0 +1,112 @@
+"""Many local files to stored objects and back, several at a time (the builtin engine's data files and the
+binlog engine's binary logs): one object per file, compression threads and buffers shared by all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.aio.localfiles import fsync_path
+from agent.aio.tasks import for_each, in_thread
+from agent.operations import Operation
+from agent.pipeline.compression import Codec
+from agent.pipeline.digests import StoredFile
+from agent.pipeline.load import restore
+from agent.pipeline.progress import FileProgress
+from agent.pipeline.store import file_chunks, store
+from agent.pipeline.workers import Workers
+from agent.storage.base import BackupHandle
+
+
+@dataclass(frozen=True)
+class FileToStore:
+    """A file to store as object `object_name`; `name` is how messages call it."""
+
+    object_name: str
+    name: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class FileToRestore:
+    """An object to restore into `path`, with what its record says (hashes may be unknown)."""
+
+    object_name: str
+    name: str
+    path: Path
+    size: int | None
+    crc32_hex: str | None
+    sha256_hex: str | None
+
+
+async def store_files(
+    handle: BackupHandle, files: Sequence[FileToStore], codec: Codec, op: Operation, concurrency: int
+) -> list[StoredFile]:
+    """Store each file (compressed, hashed), `concurrency` at a time; the results in `files` order."""
+    total = sum(f.size for f in files)
+    op.add_total(total)
+    op.info(f"copying {len(files)} files ({total / 2**20:.1f} MiB) with concurrency {concurrency}")
+    results: list[StoredFile | None] = [None] * len(files)
+    # One set of compression threads for all files: the CPUs stay busy to the end of the
+    # biggest file, and memory does not grow with the concurrency.
+    async with Workers() as workers:
+
+        async def copy(i: int, f: FileToStore) -> None:
+            writer = await handle.add_file(f.object_name, f.size)
+            progress = FileProgress(op, "backing up", f.name, f.size)
+            try:
+                results[i] = await store(
+                    file_chunks(f.path), writer, codec, on_progress=progress, workers=workers
+                )
+            except BaseException:
+                await writer.abort()
+                raise
+
+        await for_each(files, copy, concurrency)
+    return [r for r in results if r is not None]
+
+
+async def restore_files(
+    handle: BackupHandle, objects: Sequence[FileToRestore], codec: Codec, op: Operation, concurrency: int
+) -> None:
+    """Put every object back into its path, check its hashes, and make the files and their directories
+    durable; the biggest first, `concurrency` at a time."""
+    sizes = await asyncio.gather(*(handle.file_size(o.object_name) for o in objects))
+    op.add_total(sum(o.size or s or 0 for o, s in zip(objects, sizes, strict=True)))
+    op.info(f"restoring {len(objects)} files with concurrency {concurrency}")
+    order = sorted(range(len(objects)), key=lambda i: sizes[i] or 0, reverse=True)
+
+    async def restore_one(_: int, i: int) -> None:
+        o = objects[i]
+        await in_thread(_make_parent, o.path)
+        await restore(
+            handle.read_file(o.object_name),
+            codec,
+            o.path,
+            expected_crc32_hex=o.crc32_hex,
+            expected_sha256_hex=o.sha256_hex,
+            name=o.name,
+            on_progress=FileProgress(op, "restoring", o.name, o.size or sizes[i] or 0),
+            sync=False,
+            workers=workers,
+        )
+
+    async with Workers() as workers:  # buffers shared by the files
+        await for_each(order, restore_one, concurrency)
+    # fsync'd together at the end rather than one by one: the journal commits of many small
+    # files are shared, and big files were written back while being restored.
+    op.info(f"syncing {len(objects)} restored files to disk")
+    paths = [o.path for o in objects]
+    directories = sorted({d for p in paths for d in (p.parent, p.parent.parent)})
+    await for_each([*paths, *directories], _fsync, concurrency)
+
+
+def _make_parent(dest: Path) -> None:
+    dest.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+
+
+async def _fsync(_: int, path: Path) -> None:
+    await in_thread(fsync_path, path)
