@@ -205,6 +205,8 @@ class OperationRunner:
         except asyncio.CancelledError:
             op._finish(Result.CANCELLED, Cancelled(f"{op.kind} {op.id} was cancelled"))
         except AgentError as e:
+            for note in getattr(e, "__notes__", ()):
+                op.warning(note)
             op._finish(Result.FAILED, e)
         except Exception as e:
             log.exception("operation crashed", op=op.id)
@@ -228,16 +230,21 @@ class OperationRunner:
                 return op
         raise NotFound(f"no operation with id {op_id!r}; `tabletctl status` lists recent operations")
 
-    async def cancel(self, op_id: str = "") -> Operation:
-        """Cancel an operation and wait until its cleanup (mysqld restart, replication) is done."""
+    def request_cancel(self, op_id: str = "", reason: str = "cancel requested") -> Operation:
+        """Cancel an operation without waiting for its cleanup (it runs in the operation's own task)."""
         op = self.get(op_id)
         if op.done:
             raise FailedPrecondition(f"operation {op.id} already ended: {op.result}")
-        op.warning("cancel requested")
-        task = op._task
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
+        op.warning(reason)
+        if op._task is not None:
+            op._task.cancel()
+        return op
+
+    async def cancel(self, op_id: str = "") -> Operation:
+        """Cancel an operation and wait until its cleanup (mysqld restart, replication) is done."""
+        op = self.request_cancel(op_id)
+        if op._task is not None:
+            await asyncio.wait({op._task})
         return op
 
     async def shutdown(self, timeout: float) -> None:

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             str(manifest(sorted((storage / "ks" / "0").iterdir())[0])["Position"]),
             str(m["Position"]),
         )
-        files = [source.root / str(fe["Name"]) for fe in m["FileEntries"]]  # type: ignore[union-attr,index]
+        entries: list[dict[str, object]] = m["FileEntries"]  # type: ignore[assignment]
+        files = [source.root / str(fe["Name"]) for fe in entries]
         mb = sum(f.stat().st_size for f in files) / 1e6
         fast = BenchResult("pitr_replay", megabytes=mb, reference="the agent's pipe applier")
         plain = BenchResult("pitr_replay_plain", megabytes=mb, reference="mariadb-binlog | mariadb")

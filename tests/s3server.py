@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.sandbox import free_port
 
@@ -43,8 +44,8 @@ class S3Server:
                     raise RuntimeError(f"moto_server did not start: see {log}") from None
                 time.sleep(0.1)
 
-    def client(self):  # type: ignore[no-untyped-def]
-        import boto3
+    def client(self) -> Any:
+        import boto3  # type: ignore[import-untyped]
 
         return boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
 

@@ -52,28 +52,25 @@ def _consume_result(fut: asyncio.Future[Any]) -> None:
 
 
 async def run_concurrently(*coros: Coroutine[Any, Any, object]) -> None:
-    """Run coroutines as tasks; on the first failure cancel the rest, wait for them, raise that error.
-
-    Unlike TaskGroup the original exception propagates as itself, not wrapped in an ExceptionGroup.
-    """
-    tasks = [asyncio.ensure_future(c) for c in coros]
+    """Run coroutines as sibling tasks of a TaskGroup: the first failure cancels the rest, which are
+    awaited. The first error propagates as itself (not as an ExceptionGroup), so callers catch what
+    they expect; errors of other tasks failing at the same time are attached to it as notes."""
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.wait(tasks)
-        raise
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.wait(pending)
-    errors = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]  # retrieves all
-    first = [e for t in tasks if t in done and not t.cancelled() and (e := t.exception()) is not None]
-    if first or errors:
-        raise (first or errors)[0]
-    if any(t.cancelled() for t in tasks):
-        raise asyncio.CancelledError
+        async with asyncio.TaskGroup() as group:
+            for coro in coros:
+                group.create_task(coro)
+    except BaseExceptionGroup as eg:
+        first, *others = _leaves(eg)
+        for other in others:
+            first.add_note(f"also failed meanwhile: {type(other).__name__}: {other}")
+        raise first from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
 
 
 async def for_each(

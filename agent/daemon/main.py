@@ -125,6 +125,7 @@ async def serve(config: AgentConfig) -> int:
     stopping = asyncio.create_task(server.stop(config.grpc_shutdown_grace))
     await tablet.runner.shutdown(config.grpc_shutdown_grace)
     await stopping
+    await tablet.storage.close()
     with contextlib.suppress(asyncio.CancelledError):
         await watchdog
     log.info("stopped")

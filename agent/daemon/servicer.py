@@ -5,7 +5,6 @@ Every AgentError is mapped here, once, to its gRPC status; anything else becomes
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -77,7 +76,7 @@ class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer)
         finally:
             if not finished and cancel_on_disconnect and not op.done:
                 log.info("client went away: cancelling operation", op=op.id)
-                asyncio.get_running_loop().create_task(self.tablet.runner.cancel(op.id))
+                self.tablet.runner.request_cancel(op.id, "the client went away: cancelling")
         status = error_status(op)
         if status is not None:
             await context.abort(*status)

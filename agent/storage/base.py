@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 from agent.errors import FailedPrecondition, InvalidArgument
 
 MAX_NAME_LENGTH = 255
+RECORD_PREFIX = "tablet-agent-"  # records beside a backup's objects (ours; Vitess ignores them)
+MAX_RECORD_SIZE = 1 << 20
 _COMPONENT = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
 
 
@@ -56,6 +58,11 @@ class BackupHandle(Protocol):
     async def file_size(self, filename: str) -> int | None:
         """The stored size of the object in bytes, or None if it does not exist."""
 
+    async def put_record(self, filename: str, data: bytes) -> None:
+        """Write or replace a small record beside the backup's objects (e.g. the result of verifying
+        it), on any handle, ended or not. Records are never data objects or the MANIFEST: their names
+        start with `tablet-agent-` (`validate_record_name`); NotFound when the backup does not exist."""
+
     async def end(self) -> None:
         """Durably finish the backup. Every writer must be closed first; afterwards the backup is
         immutable (no more `add_file`)."""
@@ -80,6 +87,9 @@ class BackupStorage(Protocol):
 
     def describe(self) -> str:
         """Where the backups live, for messages, e.g. `file:/var/backups`."""
+
+    async def close(self) -> None:
+        """Release connections and clients; called once at shutdown."""
 
 
 class HandleState:
@@ -161,4 +171,14 @@ def validate_object_name(filename: str) -> str:
             f"invalid backup object name {filename!r}: it must be a plain file name without '/', '..', "
             "control characters or a leading '.'"
         )
+    return filename
+
+
+def validate_record_name(filename: str, data: bytes = b"") -> str:
+    """Check a record's name (`tablet-agent-...`) and size."""
+    validate_object_name(filename)
+    if not filename.startswith(RECORD_PREFIX):
+        raise InvalidArgument(f"invalid record name {filename!r}: records are named {RECORD_PREFIX}*")
+    if len(data) > MAX_RECORD_SIZE:
+        raise InvalidArgument(f"record {filename} is {len(data)} bytes, over {MAX_RECORD_SIZE}")
     return filename

@@ -29,6 +29,7 @@ from agent.storage.base import (
     validate_backup_name,
     validate_directory,
     validate_object_name,
+    validate_record_name,
 )
 
 DIR_MODE = 0o750
@@ -101,6 +102,9 @@ class FileBackupStorage:
 
     def describe(self) -> str:
         return f"file:{self._root}"
+
+    async def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
     def _dir(self, directory: str) -> Path:
         return self._root.joinpath(*validate_directory(directory))
@@ -247,6 +251,33 @@ class _FileBackupHandle(HandleState):
                 raise storage_error("cannot stat", path, e) from e
 
         return await in_thread(size)
+
+    async def put_record(self, filename: str, data: bytes) -> None:
+        final = self._path / validate_record_name(filename, data)
+        tmp = self._path / f".{filename}.tmp-{secrets.token_hex(6)}"
+
+        def write() -> None:
+            if not self._path.is_dir() or self._path.is_symlink():
+                raise NotFound(
+                    f"backup {self._directory}/{self._name} not found in {self._storage.describe()}"
+                )
+            try:
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE
+                )
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, final)
+                _fsync_dir(self._path)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise storage_error("cannot write", final, e) from e
+
+        await in_thread(write)
 
     async def end(self) -> None:
         self._require_writable("end")

@@ -30,6 +30,7 @@ from agent.storage.base import (
     validate_backup_name,
     validate_directory,
     validate_object_name,
+    validate_record_name,
 )
 from agent.storage.s3_parts import (
     ATTEMPTS,
@@ -89,6 +90,10 @@ class S3BackupStorage:
 
     def describe(self) -> str:
         return f"s3://{self.settings.bucket}/{self._root}".rstrip("/")
+
+    def encryption_args(self) -> dict[str, str]:
+        sse = self.settings.server_side_encryption
+        return {"ServerSideEncryption": sse} if sse else {}
 
     def key(self, *parts: str) -> str:
         return "/".join(p for p in (self._root, *parts) if p)
@@ -253,9 +258,31 @@ class _S3Handle(HandleState):
             return None
         return int(head["ContentLength"])
 
+    async def put_record(self, filename: str, data: bytes) -> None:
+        validate_record_name(filename, data)
+        key = self._storage.key(self._directory, self._name, filename)
+        prefix = self._storage.key(self._directory, self._name) + "/"
+        page = await self._storage.call(
+            "checking the backup exists",
+            "list_objects_v2",
+            Bucket=self._storage.settings.bucket,
+            Prefix=prefix,
+            MaxKeys=1,
+        )
+        if not page.get("KeyCount", 0):
+            raise NotFound(f"backup {self._directory}/{self._name} not found in {self._storage.describe()}")
+        await self._storage.call(
+            f"writing {key}",
+            "put_object",
+            Bucket=self._storage.settings.bucket,
+            Key=key,
+            Body=data,
+            **self._storage.encryption_args(),
+        )
+
     async def end(self) -> None:
         self._require_writable("end")
-        unfinished = [n for n, w in self._writers.items() if not w.closed]
+        unfinished = [n for n, w in self._writers.items() if not (w.closed or w.aborted)]
         if unfinished:
             raise FailedPrecondition(f"cannot end backup {self._name}: {', '.join(unfinished)} not closed")
         self._state = "ended"
@@ -320,11 +347,10 @@ class _S3Writer:
         self._slots = asyncio.Semaphore(IN_FLIGHT)
         self._error: BaseException | None = None
         self.closed = False
-        self._aborted = False
+        self.aborted = False
 
     def _extra(self) -> dict[str, str]:
-        sse = self._storage.settings.server_side_encryption
-        return {"ServerSideEncryption": sse} if sse else {}
+        return self._storage.encryption_args()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         self._check()
@@ -337,7 +363,7 @@ class _S3Writer:
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
-        if self.closed or self._aborted:
+        if self.closed or self.aborted:
             raise FailedPrecondition(
                 f"cannot write {self._key}: the writer is {'closed' if self.closed else 'aborted'}"
             )
@@ -422,9 +448,9 @@ class _S3Writer:
         self._buf = bytearray()
 
     async def abort(self) -> None:
-        if self.closed or self._aborted:
+        if self.closed or self.aborted:
             return
-        self._aborted = True
+        self.aborted = True
         self._buf = bytearray()
         for task in list(self._tasks):
             task.cancel()

@@ -235,6 +235,21 @@ async def test_run_concurrently_raises_the_original_error_and_cancels_the_rest()
     assert cancelled.is_set()
 
 
+async def test_run_concurrently_reports_failures_that_happen_together() -> None:
+    async def fail(message: str, after: float) -> None:
+        try:
+            await asyncio.sleep(after)
+        finally:
+            # a failure in cleanup while being cancelled is a failure too
+            if message == "second":
+                raise OSError(message)
+        raise ValueError(message)
+
+    with pytest.raises(ValueError, match="first") as info:
+        await run_concurrently(fail("first", 0.01), fail("second", 60))
+    assert info.value.__notes__ == ["also failed meanwhile: OSError: second"]
+
+
 async def test_in_thread_cancellation_waits_for_the_call() -> None:
     finished = threading.Event()
 
