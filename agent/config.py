@@ -51,6 +51,12 @@ class BinlogApplier(enum.StrEnum):
     PIPE = "pipe"  # mariadb-binlog | mariadb, one session
 
 
+class VerifyMode(enum.StrEnum):
+    OFF = "off"
+    LIGHT = "light"  # re-read every object and check its hashes
+    DEEP = "deep"  # also restore it into a scratch mysqld and check its tables
+
+
 class LogFormat(enum.StrEnum):
     AUTO = "auto"
     JSON = "json"
@@ -155,6 +161,31 @@ class AgentConfig(BaseModel):
     )
     binlog_applier_threads: int = Field(
         default=4, ge=1, le=256, description="parallel replication workers of the replication applier"
+    )
+
+    # restore safety
+    restore_in_place: bool = Field(
+        default=False,
+        description="restore into the live directories (after a full verification pass) instead of staging "
+        "beside them; for hosts without room for a second copy",
+    )
+    keep_previous_datadir: bool = Field(
+        default=False,
+        description="keep the data a staged restore replaced (.tablet-agent-previous-*) until "
+        "`tabletctl discard-previous`",
+    )
+    restore_over_existing_data: bool = Field(
+        default=False,
+        description="allow restoring onto a writable mysqld without a replication source that holds user "
+        "schemas (likely a primary started with the default type)",
+    )
+    allowed_external_decompressors: str = Field(
+        default="",
+        description="commands (separated by ';') a MANIFEST's ExternalDecompressor may name and the agent "
+        "will run; the configured --external-decompressor always may",
+    )
+    verify_after_backup: VerifyMode = Field(
+        default=VerifyMode.OFF, description="verify each new full backup: off, light or deep"
     )
 
     # topology (optional): tablet records and shard locks in etcd

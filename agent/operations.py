@@ -39,6 +39,7 @@ class Level(enum.IntEnum):
 class Kind(enum.StrEnum):
     BACKUP = "backup"
     RESTORE = "restore"
+    VERIFY = "verify"
 
 
 class Result(enum.StrEnum):

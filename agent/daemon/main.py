@@ -95,7 +95,7 @@ async def serve(config: AgentConfig) -> int:
         address=f"{config.grpc_bind_address}:{port}",
         version=AGENT_VERSION,
     )
-    metrics = AgentMetrics(tablet.runner)
+    metrics = AgentMetrics(tablet.runner, tablet.summary)
     if config.metrics_port:
         metrics_port = metrics.serve(config.metrics_bind_address, config.metrics_port)
         log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
