@@ -90,7 +90,9 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]
     """Azurite's blob service on 127.0.0.1 for the session (tests use their own containers)."""
     if not azuriteserver.installed():
         pytest.skip(azuriteserver.MISSING)
-    pytest.importorskip("azure.storage.blob", reason="azure-storage-blob is a dev dependency: pip install -e '.[dev]'")
+    pytest.importorskip(
+        "azure.storage.blob", reason="azure-storage-blob is a dev dependency: pip install -e '.[dev]'"
+    )
     server = AzuriteServer(tmp_path_factory.mktemp("azurite"))
     try:
         yield server

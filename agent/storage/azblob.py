@@ -189,7 +189,9 @@ async def delete_blob(service: BlobService, blob: str) -> None:
 
 
 class _AzblobHandle(HandleState):
-    def __init__(self, storage: AzureBlobBackupStorage, directory: str, name: str, *, read_only: bool) -> None:
+    def __init__(
+        self, storage: AzureBlobBackupStorage, directory: str, name: str, *, read_only: bool
+    ) -> None:
         super().__init__(directory, name, read_only=read_only)
         self._storage = storage
         self._writers: dict[str, _BlobWriter] = {}
@@ -237,7 +239,9 @@ class _AzblobHandle(HandleState):
         self._state = "aborted"
         for w in self._writers.values():
             await w.abort()
-        listing = await list_blobs(self._storage.service, self._storage.key(self._directory, self._name) + "/")
+        listing = await list_blobs(
+            self._storage.service, self._storage.key(self._directory, self._name) + "/"
+        )
         if listing.blobs:
             await self._storage.delete([b for b, _ in listing.blobs])
 
@@ -380,6 +384,8 @@ class _BlobWriter:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks))
-        if self._committing:  # the commit may have reached the service even if its answer did not reach us
-            with contextlib.suppress(AgentError, aiohttp.ClientError):  # never hide the error that made us abort
+        # A commit may have reached the service even if its answer did not reach us: delete what it made.
+        # Cleanup problems are swallowed: they must never hide the error that made us abort.
+        if self._committing:
+            with contextlib.suppress(AgentError, aiohttp.ClientError):
                 await asyncio.shield(delete_blob(self._service, self._blob))

@@ -70,15 +70,24 @@ def canonical_resource(account: str, path: str, query: Mapping[str, str]) -> str
     return f"/{account}{path}{params}"
 
 
-def string_to_sign(method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], account: str) -> str:
+def string_to_sign(
+    method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], account: str
+) -> str:
     lower = {k.lower(): v for k, v in headers.items()}
     standard = [lower.get(h, "") for h in SIGNED_HEADERS]
     if standard[2] == "0":
         standard[2] = ""  # Content-Length 0 is signed as empty (API versions 2015-02-21 and later)
-    return "\n".join([method, *standard]) + "\n" + canonical_headers(headers) + canonical_resource(account, path, query)
+    return (
+        "\n".join([method, *standard])
+        + "\n"
+        + canonical_headers(headers)
+        + canonical_resource(account, path, query)
+    )
 
 
-def authorization(account: Account, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> str:
+def authorization(
+    account: Account, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]
+) -> str:
     """The `Authorization: SharedKey` header value for one request."""
     text = string_to_sign(method, path, query, headers, account.name)
     digest = hmac.new(account.key, text.encode(), hashlib.sha256).digest()
@@ -87,7 +96,7 @@ def authorization(account: Account, method: str, path: str, query: Mapping[str, 
 
 def backoff(attempt: int) -> float:
     """Seconds before retry `attempt` (1-based): exponential, capped, with jitter (50-100%)."""
-    return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)  # noqa: S311
+    return float(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
 
 
 def is_retryable(status: int) -> bool:
@@ -159,7 +168,12 @@ class BlobService:
         return container if blob is None else f"{container}/{quote(blob, safe='/')}"
 
     def _prepare(
-        self, method: str, blob: str | None, query: Mapping[str, str], headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        blob: str | None,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes | None,
     ) -> tuple[URL, dict[str, str]]:
         path = self.path(blob)
         all_headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION, **headers}
@@ -225,7 +239,9 @@ class BlobService:
                 return Reply(resp.status, resp.headers, data)
             except CONNECTION_ERRORS as e:
                 if attempt == ATTEMPTS:
-                    raise StorageError(f"{what} on {self.describe()} failed reading the answer: {e}") from None
+                    raise StorageError(
+                        f"{what} on {self.describe()} failed reading the answer: {e}"
+                    ) from None
             finally:
                 resp.release()
             await asyncio.sleep(backoff(attempt))

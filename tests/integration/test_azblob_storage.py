@@ -178,7 +178,9 @@ async def test_a_persistent_failure_fails_cleanly_and_leaves_no_blob(
         await s.close()
 
 
-async def test_a_wrong_key_or_container_says_what_to_fix(azurite: AzuriteServer, azure_container: str) -> None:
+async def test_a_wrong_key_or_container_says_what_to_fix(
+    azurite: AzuriteServer, azure_container: str
+) -> None:
     wrong_key = "A" * 86 + "=="
     s = AzureBlobBackupStorage(settings(azure_container, azurite.endpoint, key=wrong_key))
     try:
