@@ -24,7 +24,7 @@ ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 MISSING = (
     f"Azurite is not installed in {AZURITE.parent.parent.parent}: run `make setup` "
-    "(or `npm install --prefix .tools/azurite azurite@3`) to run the Azure Blob tests"
+    "(or `npm install --prefix .tools/azurite azurite@3.35.0`) to run the Azure Blob tests"
 )
 
 

@@ -30,6 +30,7 @@ BACKOFF_BASE = 0.2
 BACKOFF_MAX = 8.0
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0  # longest silence on a socket (a slow block upload, a stalled download)
+READ_BUFFER = 1 << 20  # bytes a response may buffer before the socket is paused (aiohttp: 64 KiB)
 SIGNED_HEADERS = (
     "content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",
     "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range",
@@ -153,6 +154,7 @@ class BlobService:
                 connector=aiohttp.TCPConnector(limit=self._connections),
                 timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT),
                 auto_decompress=False,
+                read_bufsize=READ_BUFFER,
                 skip_auto_headers=("Content-Type",),
             )
         return self._session
