@@ -22,6 +22,7 @@ from agent.errors import ConfigError
 ENV_PREFIX = "TABLET_AGENT_"
 ALIAS_RE = re.compile(r"^(?P<cell>[A-Za-z0-9_]+)-(?P<uid>[0-9]{1,10})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 SHARD_RE = re.compile(r"^(-|[0-9a-fA-F]*-[0-9a-fA-F]*|[0-9A-Za-z_]+)$")
 
 
@@ -36,6 +37,7 @@ class TabletType(enum.StrEnum):
 class StorageKind(enum.StrEnum):
     FILE = "file"
     S3 = "s3"
+    AZBLOB = "azblob"
 
 
 class EngineName(enum.StrEnum):
@@ -129,6 +131,32 @@ class AgentConfig(BaseModel):
     s3_backup_server_side_encryption: str = Field(default="", description="e.g. AES256 or aws:kms")
     s3_backup_aws_min_partsize: int = Field(
         default=5 << 20, ge=5 << 20, description="minimum multipart part size"
+    )
+
+    azblob_backup_account_name: str = Field(
+        default="", description="Azure Storage account (default: env VT_AZBLOB_ACCOUNT_NAME)"
+    )
+    azblob_backup_account_key_file: Path | None = Field(
+        default=None,
+        description="file holding the account key, mode 0600 (default: the key itself in env VT_AZBLOB_ACCOUNT_KEY)",
+    )
+    azblob_backup_container_name: str | None = Field(
+        default=None, description="blob container (required with azblob; it must exist)"
+    )
+    azblob_backup_storage_root: str = Field(default="", description="blob name prefix inside the container")
+    azblob_backup_parallelism: int = Field(
+        default=4, ge=1, le=64, description="blocks uploaded at once per blob (memory: one buffer each)"
+    )
+    azblob_backup_buffer_size: int = Field(
+        default=16 << 20,
+        ge=1 << 20,
+        le=4000 << 20,
+        description="block size in bytes: the memory buffer per block when streaming a blob",
+    )
+    azblob_backup_endpoint: str | None = Field(
+        default=None,
+        description="blob service URL, e.g. Azurite's http://127.0.0.1:10000/devstoreaccount1 or a sovereign "
+        "cloud's; default https://<account>.blob.core.windows.net",
     )
 
     # engines
@@ -247,6 +275,8 @@ class AgentConfig(BaseModel):
             )
         if self.backup_storage_implementation is StorageKind.S3 and not self.s3_backup_storage_bucket:
             raise ValueError("--s3_backup_storage_bucket is required with --backup_storage_implementation=s3")
+        if self.backup_storage_implementation is StorageKind.AZBLOB:
+            self._check_azblob()
         if self.compression_engine_name == "external" and not (
             self.external_compressor and self.external_decompressor
         ):
@@ -270,6 +300,24 @@ class AgentConfig(BaseModel):
                 "--grpc_insecure to accept plaintext"
             )
         return self
+
+    def _check_azblob(self) -> None:
+        container = self.azblob_backup_container_name
+        if not container:
+            raise ValueError(
+                "--azblob_backup_container_name is required with --backup_storage_implementation=azblob"
+            )
+        if not CONTAINER_RE.match(container):
+            raise ValueError(
+                f"invalid --azblob_backup_container_name {container!r}: Azure container names are 3-63 "
+                "lowercase letters, digits and single hyphens, starting and ending with a letter or digit"
+            )
+        endpoint = self.azblob_backup_endpoint
+        if endpoint is not None and not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", endpoint):
+            raise ValueError(
+                f"invalid --azblob_backup_endpoint {endpoint!r}: give a URL such as "
+                "https://myaccount.blob.core.usgovcloudapi.net or http://127.0.0.1:10000/devstoreaccount1"
+            )
 
     @property
     def effective_state_dir(self) -> Path:

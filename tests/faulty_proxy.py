@@ -1,5 +1,6 @@
-"""An HTTP proxy between the agent and the S3 server that injects faults into object writes (PutObject,
-UploadPart): 503 answers, dropped connections, or 500 for good. Everything else passes through."""
+"""An HTTP proxy between the agent and an object store (S3, Azure Blob) that injects faults into object
+writes (PutObject, UploadPart, Put Block, Put Block List): 503 answers, dropped connections, or 500 for
+good; optionally it also cuts the first answer to each object read short. Everything else passes through."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from tests.sandbox import free_port
 
 class FaultyProxy:
     """`mode`: "flaky" (the first attempt of every 3rd write gets 503, of every 5th a dropped
-    connection; retries go through), "down" (every write gets 500), or "pass"."""
+    connection; retries go through), "down" (every write gets 500), or "pass". With `cut_reads`, the
+    first GET of each path sends its headers and half its body, then drops the connection."""
 
-    def __init__(self, upstream: str, mode: str = "flaky") -> None:
+    def __init__(self, upstream: str, mode: str = "flaky", *, cut_reads: bool = False) -> None:
         self.mode = mode
+        self.cut_reads = cut_reads
+        self.reads: Counter[str] = Counter()
+        self.ranges: list[str] = []
         self.upstream = urlsplit(upstream)
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -57,10 +62,15 @@ class FaultyProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    asked = self.headers.get("x-ms-range") or self.headers.get("Range")
+                    cut = proxy._cut(self.command, self.path, asked, data)
+                    self.wfile.write(data[: len(data) // 2] if cut else data)
+                    if cut:
+                        self.close_connection = True
                 conn.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
@@ -90,6 +100,16 @@ class FaultyProxy:
             if fault:
                 self.injected[fault] += 1
             return fault
+
+    def _cut(self, method: str, path: str, asked_range: str | None, data: bytes) -> bool:
+        """Whether to cut this answer short (the first read of each path, when cut_reads is on)."""
+        if method != "GET" or not self.cut_reads or len(data) < 2:
+            return False
+        with self._lock:
+            if asked_range:
+                self.ranges.append(asked_range)
+            self.reads[path] += 1
+            return self.reads[path] == 1
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -46,8 +46,28 @@ def _s3_storage(config: AgentConfig) -> BackupStorage:
     )
 
 
+def _azblob_storage(config: AgentConfig) -> BackupStorage:
+    # Imported here, like the S3 backend: agents on other storage do not load it.
+    from agent.storage.azblob import AzblobSettings, AzureBlobBackupStorage, load_account
+
+    if not config.azblob_backup_container_name:
+        raise ConfigError(
+            "--azblob_backup_container_name is required with --backup_storage_implementation=azblob"
+        )
+    return AzureBlobBackupStorage(
+        AzblobSettings(
+            account=load_account(config.azblob_backup_account_name, config.azblob_backup_account_key_file),
+            container=config.azblob_backup_container_name,
+            root=config.azblob_backup_storage_root,
+            endpoint=config.azblob_backup_endpoint,
+            parallelism=config.azblob_backup_parallelism,
+            buffer_size=config.azblob_backup_buffer_size,
+        )
+    )
+
+
 STORAGES: Mapping[str, Callable[[AgentConfig], BackupStorage]] = MappingProxyType(
-    {"file": _file_storage, "s3": _s3_storage}
+    {"file": _file_storage, "s3": _s3_storage, "azblob": _azblob_storage}
 )
 
 
