@@ -1,7 +1,9 @@
 """A local Google Cloud Storage for tests: gcp-storage-emulator (PyPI) on 127.0.0.1, one per test session.
 
 What the emulator lacks against the real service (found by reading its source and by the tests):
-requests are served one at a time (a plain `http.server.HTTPServer`, HTTP/1.0); a resumable session
+requests are served one at a time (a plain `http.server.HTTPServer`, HTTP/1.0) behind a listen backlog
+of 5, so a burst of concurrent connections (the agent stats all objects of a backup at once) waits for
+TCP's one-second SYN retries; it is started here with a backlog of 512 instead. A resumable session
 cannot be cancelled (DELETE on the session URI answers 501, so an abandoned session stays in its memory,
 never visible as an object); a status query on a session with no bytes answers `Range: bytes=0-0`
 instead of no Range header; each chunk rewrites the whole upload so far (quadratic in the object size).
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,18 +25,23 @@ from typing import Any
 
 from tests.sandbox import free_port
 
+_LAUNCH = """
+import sys, http.server
+http.server.HTTPServer.request_queue_size = 512
+from gcp_storage_emulator.__main__ import main
+main(sys.argv[1:])
+"""
+
 
 class GcsServer:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        program = shutil.which("gcp-storage-emulator") or str(
-            Path(sys.executable).parent / "gcp-storage-emulator"
-        )
+        args = ["-d", str(workdir / "data"), "start", "--host", "127.0.0.1", "--port", str(self.port),
+                "--in-memory", "--quiet"]  # fmt: skip
         self._log = (workdir / "gcs-emulator.log").open("wb")
         self.process = subprocess.Popen(
-            [program, "-d", str(workdir / "data"), "start", "--host", "127.0.0.1", "--port", str(self.port),
-             "--in-memory", "--quiet"],
+            [sys.executable, "-c", _LAUNCH, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

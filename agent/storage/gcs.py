@@ -41,6 +41,7 @@ from agent.storage.gcs_client import (
     GcsClient,
     GcsSettings,
     RetryableChunk,
+    describe_error,
 )
 from agent.storage.gcs_parts import ATTEMPTS, backoff, chunk_size
 
@@ -176,7 +177,7 @@ async def _read(client: GcsClient, name: str, what: str) -> AsyncIterator[bytes]
             failures += 1
             if failures >= ATTEMPTS:
                 raise StorageError(
-                    f"reading {name} from {client.describe()} failed at byte {offset}: {type(e).__name__}: {e}"
+                    f"reading {name} from {client.describe()} failed at byte {offset}: {describe_error(e)}"
                 ) from None
             await asyncio.sleep(backoff(failures, random.random()))
         finally:
@@ -195,10 +196,13 @@ class _GcsWriter:
         self._session: str | None = None
         self._held = 0  # bytes the server acknowledged
         self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None  # a lost chunk: the object can only be aborted
         self.closed = False
         self.aborted = False
 
     def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
         if self.closed or self.aborted:
             raise FailedPrecondition(
                 f"cannot write {self._name}: the writer is {'closed' if self.closed else 'aborted'}"
@@ -223,7 +227,11 @@ class _GcsWriter:
     async def _wait(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            await task
+            try:
+                await task
+            except Exception as e:
+                self._error = e
+                raise
 
     async def _send(self, chunk: bytes, total: int | None) -> None:
         """Send `chunk` at offset `_held`. After a failure, ask the server what it holds and resume from
@@ -234,7 +242,7 @@ class _GcsWriter:
             try:
                 outcome = await self._attempt(chunk, start, held, total, query)
             except (RetryableChunk, *CONNECTION_ERRORS) as e:
-                error = str(e) if isinstance(e, RetryableChunk) else f"{type(e).__name__}: {e}"
+                error = str(e) if isinstance(e, RetryableChunk) else describe_error(e)
                 query = True
                 if attempt < ATTEMPTS:
                     await asyncio.sleep(backoff(attempt, random.random()))

@@ -77,7 +77,12 @@ def _error_detail(reply: Reply) -> str:
     return f"HTTP {reply.status}{': ' + message[:300] if message else ''}"
 
 
-def _describe(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
+    """A connection error for a message, without the URL some carry (a session URI grants upload rights)."""
+    if isinstance(e, aiohttp.ClientResponseError):
+        return f"{type(e).__name__} (HTTP {e.status})"
+    if isinstance(e, aiohttp.InvalidURL):
+        return type(e).__name__
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
@@ -165,7 +170,7 @@ class GcsClient:
             except CONNECTION_ERRORS as e:
                 if attempt == ATTEMPTS:
                     raise StorageError(
-                        f"{what} on {self.describe()} failed after {ATTEMPTS} attempts: {_describe(e)}"
+                        f"{what} on {self.describe()} failed after {ATTEMPTS} attempts: {describe_error(e)}"
                     ) from None
             else:
                 if reply.status in ok:
@@ -322,7 +327,7 @@ class GcsClient:
             except CONNECTION_ERRORS as e:
                 if attempt == ATTEMPTS:
                     raise StorageError(
-                        f"reading {name} from {self.describe()} failed: {_describe(e)}"
+                        f"reading {name} from {self.describe()} failed: {describe_error(e)}"
                     ) from None
             else:
                 if resp.status in (200, 206):

@@ -176,6 +176,8 @@ async def test_persistent_500s_fail_cleanly(
         await started.write(os.urandom(MIB))
         await started.close()
     assert "upload_id" not in str(e.value)  # the session URI is a capability: never in messages
+    with pytest.raises(StorageError):
+        await started.close()  # a lost chunk is never papered over by sending the last one
     with pytest.raises(StorageError, match=r"writing .*/2 on gs://.* failed: HTTP 500"):
         await _put(h, "2", b"small: one request")
     await h.abort()
