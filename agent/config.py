@@ -38,6 +38,7 @@ class StorageKind(enum.StrEnum):
     FILE = "file"
     S3 = "s3"
     AZBLOB = "azblob"
+    GCS = "gcs"
 
 
 class EngineName(enum.StrEnum):
@@ -131,6 +132,17 @@ class AgentConfig(BaseModel):
     s3_backup_server_side_encryption: str = Field(default="", description="e.g. AES256 or aws:kms")
     s3_backup_aws_min_partsize: int = Field(
         default=5 << 20, ge=5 << 20, description="minimum multipart part size"
+    )
+    gcs_backup_storage_bucket: str | None = Field(
+        default=None, description="Google Cloud Storage bucket to use for backups (required with gcs)"
+    )
+    gcs_backup_storage_root: str = Field(
+        default="", description="root prefix for all backup-related object names"
+    )
+    gcs_backup_storage_endpoint: str | None = Field(
+        default=None,
+        description="GCS endpoint URL for sovereign clouds or private endpoints; an http:// URL (an emulator) "
+        "is sent no credentials",
     )
 
     azblob_backup_account_name: str = Field(
@@ -277,6 +289,10 @@ class AgentConfig(BaseModel):
             raise ValueError("--s3_backup_storage_bucket is required with --backup_storage_implementation=s3")
         if self.backup_storage_implementation is StorageKind.AZBLOB:
             self._check_azblob()
+        if self.backup_storage_implementation is StorageKind.GCS and not self.gcs_backup_storage_bucket:
+            raise ValueError(
+                "--gcs_backup_storage_bucket is required with --backup_storage_implementation=gcs"
+            )
         if self.compression_engine_name == "external" and not (
             self.external_compressor and self.external_decompressor
         ):

@@ -66,8 +66,23 @@ def _azblob_storage(config: AgentConfig) -> BackupStorage:
     )
 
 
+def _gcs_storage(config: AgentConfig) -> BackupStorage:
+    # Imported here, like S3: agents on other storage need not load the GCS client and its auth library.
+    from agent.storage.gcs import GcsBackupStorage, GcsSettings
+
+    if not config.gcs_backup_storage_bucket:
+        raise ConfigError("--gcs_backup_storage_bucket is required with --backup_storage_implementation=gcs")
+    return GcsBackupStorage(
+        GcsSettings(
+            bucket=config.gcs_backup_storage_bucket,
+            root=config.gcs_backup_storage_root,
+            endpoint=config.gcs_backup_storage_endpoint or "",
+        )
+    )
+
+
 STORAGES: Mapping[str, Callable[[AgentConfig], BackupStorage]] = MappingProxyType(
-    {"file": _file_storage, "s3": _s3_storage, "azblob": _azblob_storage}
+    {"file": _file_storage, "s3": _s3_storage, "gcs": _gcs_storage, "azblob": _azblob_storage}
 )
 
 

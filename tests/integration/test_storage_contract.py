@@ -18,6 +18,7 @@ from agent.errors import AgentError, FailedPrecondition, InvalidArgument, NotFou
 from agent.storage.base import BackupHandle, BackupStorage, ListsDirectories
 from agent.storage.file import FileBackupStorage
 from tests.azuriteserver import ACCOUNT, KEY, AzuriteServer
+from tests.gcsserver import GcsServer
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.integration
@@ -59,10 +60,21 @@ async def _azblob(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     await storage.close()
 
 
+async def _gcs(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[BackupStorage]:
+    from agent.storage.gcs import GcsBackupStorage, GcsSettings
+
+    server: GcsServer = request.getfixturevalue("gcs_server")
+    bucket: str = request.getfixturevalue("gcs_bucket")
+    storage = GcsBackupStorage(GcsSettings(bucket=bucket, root="fleet/a", endpoint=server.endpoint))
+    yield storage
+    await storage.close()
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], AsyncIterator[BackupStorage]]] = {
     "file": _file,
     "s3": _s3,
     "azblob": _azblob,
+    "gcs": _gcs,
 }
 
 
