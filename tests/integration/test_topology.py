@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agent.topo.etcd import EtcdClient
+from agent.pb import topodata_pb2
+from agent.topo.etcd import EtcdClient, KeyValue
 from agent.topo.locks import shard_lock_key
-from agent.topo.tablets import list_tablets
+from agent.topo.tablets import TabletEntry, list_tablets
 from tests.agent_process import AgentProcess
 from tests.conftest import SandboxFactory
 from tests.etcdserver import MISSING_ETCD, EtcdServer, find_etcd
 from tests.integration.conftest import AgentFactory
-from tests.integration.helpers import complete_backups, manifest
+from tests.integration.helpers import backup, complete_backups, manifest, restore
 from tests.sandbox import Sandbox
+from tests.vitess_topo import compile_vitess_topodata, decode, vitess_proto_dir
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +40,7 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         pytest.skip(MISSING_ETCD)
     server = EtcdServer(tmp_path / "etcd")
     yield server
-    server.stop()
+    server.close()
 
 
 def topo_flags(etcd: EtcdServer) -> list[str]:
@@ -45,16 +48,21 @@ def topo_flags(etcd: EtcdServer) -> list[str]:
             "--topo_global_root", ROOT, "--topo_lease_ttl", str(TTL)]  # fmt: skip
 
 
-def registered(etcd: EtcdServer) -> list[str]:
-    async def aliases() -> list[str]:
+def entries(etcd: EtcdServer, keyspace: str = "ks", shard: str = "0") -> list[TabletEntry]:
+    async def listing() -> list[TabletEntry]:
         async with EtcdClient([etcd.address]) as c:
-            return [f"{r.alias.cell}-{r.alias.uid:010d}" for r in await list_tablets(c, ROOT, "ks", "0")]
+            return await list_tablets(c, ROOT, keyspace, shard)
 
-    return asyncio.run(aliases())
+    return asyncio.run(listing())
 
 
-def ctl(etcd: EtcdServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TABLETCTL_TOPO_SERVER": etcd.address}
+def registered(etcd: EtcdServer) -> list[str]:
+    """The aliases of the tablets whose agent is alive."""
+    return [e.alias for e in entries(etcd) if e.alive]
+
+
+def ctl(etcd: EtcdServer, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TABLETCTL_TOPO_SERVER": etcd.address, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "agent.ctl.main", *args], capture_output=True, text=True, env=env, timeout=180
     )
@@ -139,14 +147,25 @@ def test_incremental_shard_backup_chains_across_tablets(shard: Shard, etcd: Etcd
     )
 
 
-def test_records_leave_with_their_agent(shard: Shard, etcd: EtcdServer) -> None:
+def test_liveness_leaves_with_the_agent_and_the_record_stays(shard: Shard, etcd: EtcdServer) -> None:
     shard.agents["zone1-0000000102"].stop()
     assert registered(etcd) == ["zone1-0000000101", "zone1-0000000103"]  # clean stop: at once
     shard.agents["zone1-0000000103"].kill()
     start = time.monotonic()
     while "zone1-0000000103" in registered(etcd):
-        assert time.monotonic() - start < TTL + 3, "the dead agent's record outlived its lease"
+        assert time.monotonic() - start < TTL + 3, "the dead agent's liveness key outlived its lease"
         time.sleep(0.2)
+    # as vttablet's, the records stay: stopped cleanly (shutdown time) or not (a crash leaves it as it was)
+    records = {e.alias: e.record for e in entries(etcd)}
+    assert sorted(records) == ["zone1-0000000101", "zone1-0000000102", "zone1-0000000103"]
+    assert records["zone1-0000000102"].HasField("tablet_shutdown_time")
+    assert not records["zone1-0000000103"].HasField("tablet_shutdown_time")
+    assert records["zone1-0000000103"].hostname == "127.0.0.1"
+    listing = ctl(etcd, "tablets", "ks/0")
+    assert listing.returncode == 0, listing.stderr
+    lines = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
+    assert "not alive" in lines["zone1-0000000102"] and "not alive" in lines["zone1-0000000103"]
+    assert "not alive" not in lines["zone1-0000000101"]
 
 
 def test_shard_lock_blocks_a_second_run_and_expires_with_a_crashed_holder(
@@ -194,3 +213,190 @@ def test_two_backup_shard_runs_never_overlap(
     assert second.returncode == 1 and "shard ks/0 is locked by" in second.stderr, second.stderr
     assert "(backup-shard of ks/0)" in second.stderr
     assert len(complete_backups(storage_root)) == 1
+
+
+# --- the records as Vitess reads them ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vitess_topodata(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if vitess_proto_dir() is None:
+        pytest.skip("shared/vitess-proto is missing: Vitess's messages are needed to decode the records")
+    return compile_vitess_topodata(tmp_path_factory.mktemp("vitess-proto"))
+
+
+def dump(etcd: EtcdServer, prefix: str = "/") -> dict[str, KeyValue]:
+    async def read() -> dict[str, KeyValue]:
+        async with EtcdClient([etcd.address]) as c:
+            return {kv.key.decode(): kv for kv in await c.get_prefix(prefix.encode())}
+
+    return asyncio.run(read())
+
+
+def tablet_pb(etcd: EtcdServer, alias: str) -> topodata_pb2.Tablet:
+    kv = dump(etcd, f"/vitess/zone1/tablets/{alias}/Tablet")[f"/vitess/zone1/tablets/{alias}/Tablet"]
+    record = topodata_pb2.Tablet()
+    record.ParseFromString(kv.value)
+    return record
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 15, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def type_of(etcd: EtcdServer, alias: str) -> str:
+    return topodata_pb2.TabletType.Name(tablet_pb(etcd, alias).type)
+
+
+def types_while(etcd: EtcdServer, alias: str, run: Callable[[], object]) -> list[str]:
+    """The record's types seen while `run` runs in a thread (polled), then after it (deduplicated)."""
+    seen: list[str] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(run)
+        while not future.done():
+            now = type_of(etcd, alias)
+            if not seen or seen[-1] != now:
+                seen.append(now)
+            time.sleep(0.02)
+        future.result()
+    return seen
+
+
+@pytest.fixture
+def pair(
+    primary: Sandbox, sandbox_factory: SandboxFactory, agent_factory: AgentFactory, etcd: EtcdServer
+) -> Shard:
+    """A primary and a replica tablet of ks/0 in cell zone1, each with its agent."""
+    replica = sandbox_factory()
+    replica.make_replica_of(primary)
+    replica.wait_for_gtid(primary.write_rows(200))
+    agents = {
+        "zone1-0000000101": agent_factory(
+            primary, alias="zone1-0000000101", extra=[*topo_flags(etcd), "--init_tablet_type", "PRIMARY"]
+        ),
+        "zone1-0000000102": agent_factory(
+            replica,
+            alias="zone1-0000000102",
+            extra=[
+                *topo_flags(etcd),
+                "--init_db_name_override",
+                "vt_custom",
+                "--tablet_hostname",
+                "db-102.test",
+            ],
+        ),
+    }
+    wait_for("both agents registered", lambda: len(registered(etcd)) == 2)
+    return Shard(primary, [replica], agents)
+
+
+def test_records_sit_where_vitess_reads_them(pair: Shard, etcd: EtcdServer, vitess_topodata: Path) -> None:
+    replica = pair.replicas[0]
+    # the record waits for mysqld's port from mysqld itself (socket connections), as vttablet does
+    wait_for(
+        "mysql_port in the record", lambda: tablet_pb(etcd, "zone1-0000000102").mysql_port == replica.port
+    )
+    everything = dump(etcd)
+    kinds = {
+        "/vitess/global/cells/zone1/CellInfo": "CellInfo",
+        "/vitess/global/keyspaces/ks/Keyspace": "Keyspace",
+        "/vitess/global/keyspaces/ks/shards/0/Shard": "Shard",
+        "/vitess/zone1/keyspaces/ks/shards/0/ShardReplication": "ShardReplication",
+        "/vitess/zone1/tablets/zone1-0000000101/Tablet": "Tablet",
+        "/vitess/zone1/tablets/zone1-0000000102/Tablet": "Tablet",
+    }
+    # nothing else but our liveness keys (outside `tablets/`, which Vitess lists and decodes whole)
+    # and the empty VSchema vttablet creates with the keyspace
+    others = sorted(set(everything) - set(kinds))
+    assert others == [
+        "/vitess/global/keyspaces/ks/VSchema",
+        "/vitess/zone1/tablet-agent/alive/zone1-0000000101",
+        "/vitess/zone1/tablet-agent/alive/zone1-0000000102",
+    ]
+    assert everything["/vitess/global/keyspaces/ks/VSchema"].value == b""
+    assert all(everything[k].lease == 0 for k in kinds)  # plain keys, as Vitess's
+    assert everything["/vitess/zone1/tablet-agent/alive/zone1-0000000102"].lease != 0
+    got = decode(vitess_topodata, {k: (kind, everything[k].value) for k, kind in kinds.items()})
+    assert all(v["unknown_fields"] == 0 for v in got.values()), got
+    msg = {k: v["message"] for k, v in got.items()}
+    assert msg["/vitess/global/cells/zone1/CellInfo"] == {
+        "server_address": etcd.address,
+        "root": "/vitess/zone1",
+    }
+    assert msg["/vitess/global/keyspaces/ks/Keyspace"] == {}
+    assert msg["/vitess/global/keyspaces/ks/shards/0/Shard"] == {"is_primary_serving": True}
+    nodes = msg["/vitess/zone1/keyspaces/ks/shards/0/ShardReplication"]["nodes"]
+    assert nodes == [
+        {"tablet_alias": {"cell": "zone1", "uid": 101}},
+        {"tablet_alias": {"cell": "zone1", "uid": 102}},
+    ]
+
+    tablet = msg["/vitess/zone1/tablets/zone1-0000000102/Tablet"]
+    start = tablet.pop("tablet_start_time")
+    assert abs(int(start["seconds"]) - time.time()) < 120
+    tags = tablet.pop("tags")
+    assert tags["agent"] == "tablet-agent" and tags["agent_version"] and tags["start_time"]
+    assert tablet.pop("default_conn_collation") > 0  # mysqld's default utf8mb4 collation
+    assert tablet == {
+        "alias": {"cell": "zone1", "uid": 102},
+        "hostname": "db-102.test",
+        "port_map": {"grpc": pair.agents["zone1-0000000102"].port},
+        "keyspace": "ks",
+        "shard": "0",
+        "type": "REPLICA",
+        "db_name_override": "vt_custom",
+        "mysql_hostname": "db-102.test",
+        "mysql_port": replica.port,
+    }
+    primary = msg["/vitess/zone1/tablets/zone1-0000000101/Tablet"]
+    assert (
+        primary["type"] == "PRIMARY"
+        and primary["hostname"] == "127.0.0.1"
+        and "primary_term_start_time" in primary
+    )
+    assert "db_name_override" not in primary
+
+
+def test_type_follows_backup_and_restore_then_a_clean_stop_keeps_the_record(
+    pair: Shard, etcd: EtcdServer, vitess_topodata: Path
+) -> None:
+    agent = pair.agents["zone1-0000000102"]
+    assert type_of(etcd, "zone1-0000000102") == "REPLICA"
+    seen = types_while(etcd, "zone1-0000000102", lambda: backup(agent))
+    assert seen[:2] == ["REPLICA", "BACKUP"] or seen[0] == "BACKUP", seen
+    wait_for("the type back to REPLICA", lambda: type_of(etcd, "zone1-0000000102") == "REPLICA")
+    # an incremental backup keeps the tablet serving (Vitess drains only for a full builtin backup)
+    pair.replicas[0].wait_for_gtid(pair.primary.write_rows(5))
+    seen = types_while(etcd, "zone1-0000000102", lambda: backup(agent, incremental_from_pos="auto"))
+    assert set(seen) == {"REPLICA"}, seen
+    seen = types_while(etcd, "zone1-0000000102", lambda: restore(agent))
+    assert "RESTORE" in seen, seen
+    wait_for("the type back to REPLICA", lambda: type_of(etcd, "zone1-0000000102") == "REPLICA")
+    assert type_of(etcd, "zone1-0000000101") == "PRIMARY"
+
+    agent.stop()
+    key = "/vitess/zone1/tablets/zone1-0000000102/Tablet"
+    record = decode(vitess_topodata, {key: ("Tablet", dump(etcd, key)[key].value)})[key]["message"]
+    assert "tablet_shutdown_time" in record and "tablet_start_time" not in record
+    assert record["type"] == "REPLICA" and record["keyspace"] == "ks"
+    assert "hostname" not in record and "port_map" not in record  # as vttablet marks a clean stop
+    assert "/vitess/zone1/tablet-agent/alive/zone1-0000000102" not in dump(etcd)
+    listing = ctl(etcd, "tablets", "ks/0")
+    assert listing.returncode == 0, listing.stderr
+    lines = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
+    assert "not alive" in lines["zone1-0000000102"] and "ok" in lines["zone1-0000000101"], listing.stdout
+
+
+def test_type_updates_never_block_while_etcd_is_down(pair: Shard, etcd: EtcdServer) -> None:
+    agent = pair.agents["zone1-0000000102"]
+    etcd.stop()
+    started = time.monotonic()
+    backup(agent)
+    assert time.monotonic() - started < 30
+    assert "cannot update the tablet record in the topology; retrying" in agent.log()
+    etcd.start()
+    wait_for("the type written once etcd is back", lambda: type_of(etcd, "zone1-0000000102") == "REPLICA", 30)
+    assert "tablet record updated in the topology" in agent.log()
