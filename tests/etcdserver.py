@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class EtcdTls:
 
 
 class EtcdServer:
-    def __init__(self, root: Path, tls: EtcdTls | None = None) -> None:
+    def __init__(self, root: Path, tls: EtcdTls | None = None, extra: Sequence[str] = ()) -> None:
         program = find_etcd()
         assert program is not None, MISSING_ETCD
         self.port = free_port()
@@ -55,6 +56,7 @@ class EtcdServer:
         if tls is not None:
             self.argv += ["--cert-file", str(tls.server_cert), "--key-file", str(tls.server_key),
                           "--client-cert-auth", "--trusted-ca-file", str(tls.ca)]  # fmt: skip
+        self.argv += extra
         self._log = (root / "etcd.log").open("ab")
         self.process: subprocess.Popen[bytes] | None = None
         self.start()

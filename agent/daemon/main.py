@@ -168,6 +168,7 @@ async def register(tablet: Tablet, port: int) -> Registration | None:
         password=os.environ.get(PASSWORD_ENV, ""),
     )
     global_client = EtcdClient(split_endpoints(config.topo_global_server_address), settings)
+    cell_client = global_client
     cell_name = tablet.alias.rpartition("-")[0]
     try:
         cell = await resolve_cell(
@@ -203,6 +204,7 @@ async def register(tablet: Tablet, port: int) -> Registration | None:
         )
         await registration.start()
     except BaseException:
+        await cell_client.close()
         await global_client.close()
         raise
 

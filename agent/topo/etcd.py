@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.errors import AgentError, ConfigError, PermissionDenied, Unavailable
+from agent.errors import AgentError, ConfigError, FailedPrecondition, PermissionDenied, Unavailable
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 PASSWORD_ENV = "TABLET_AGENT_TOPO_ETCD_PASSWORD"
@@ -250,10 +250,14 @@ def _raise_for(endpoint: str, path: str, status: int, text: str) -> None:
         code, message = int(error.get("code", 0)), str(error.get("message") or error.get("error") or text)
     except (ValueError, AttributeError):
         code, message = 0, text[:200]
-    if status == 401 or code in _AUTH_CODES:
-        if "invalid auth token" in message or ("token" in message and path != "auth/authenticate"):
-            raise _TokenExpired(message)
-        raise EtcdError(f"etcd {endpoint} /v3/{path}: {message}", PermissionDenied.code)
+    if (status == 401 or code in _AUTH_CODES) and path != "auth/authenticate":
+        raise _TokenExpired(message)
+    if status == 400 and "CommonName" in message:
+        raise FailedPrecondition(
+            f"etcd {endpoint} refuses the client certificate: with authentication on, etcd's JSON gateway "
+            "(which the agent speaks) rejects client certificates that carry a Common Name; issue "
+            "--topo_etcd_tls_cert without a CN (subjectAltName only): the user is --topo_etcd_username"
+        )
     if code == 7 or status == 403:  # PERMISSION_DENIED: the user's role lacks the key range
         raise PermissionDenied(
             f"etcd {endpoint} /v3/{path}: {message}: grant --topo_etcd_username's role readwrite on the "

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
+from agent.errors import AgentError
 from agent.pb import topodata_pb2
-from agent.topo.etcd import EtcdClient, KeyValue
+from agent.topo.etcd import PASSWORD_ENV, EtcdClient, EtcdSettings, KeyValue, prefix_end
 from agent.topo.locks import shard_lock_key
 from agent.topo.tablets import TabletEntry, list_tablets
 from tests.agent_process import AgentProcess
+from tests.certs import CertificateAuthority
 from tests.conftest import SandboxFactory
-from tests.etcdserver import MISSING_ETCD, EtcdServer, find_etcd
+from tests.etcdserver import MISSING_ETCD, EtcdServer, EtcdTls, find_etcd
 from tests.integration.conftest import AgentFactory
 from tests.integration.helpers import backup, complete_backups, manifest, restore
 from tests.sandbox import Sandbox
@@ -400,3 +403,154 @@ def test_type_updates_never_block_while_etcd_is_down(pair: Shard, etcd: EtcdServ
     etcd.start()
     wait_for("the type written once etcd is back", lambda: type_of(etcd, "zone1-0000000102") == "REPLICA", 30)
     assert "tablet record updated in the topology" in agent.log()
+
+
+# --- etcd with TLS (client certificates required) and user/password authentication -----------------
+
+AGENT_USER, AGENT_PASSWORD = "agent", "s3cret-topo"
+TOKEN_TTL = 2  # seconds an idle auth token lives: the clients must fetch a new one
+
+
+@dataclass
+class SecureEtcd:
+    server: EtcdServer
+    tls: EtcdTls
+    settings: EtcdSettings  # root's
+
+    def flags(self, server_name: str = "etcd.test") -> list[str]:
+        return ["--topo_etcd_tls_ca", str(self.tls.ca), "--topo_etcd_tls_cert", str(self.tls.client_cert),
+                "--topo_etcd_tls_key", str(self.tls.client_key), "--topo_etcd_tls_server_name", server_name,
+                "--topo_etcd_username", AGENT_USER]  # fmt: skip
+
+
+@pytest.fixture
+def secure_etcd(tmp_path: Path) -> Iterator[SecureEtcd]:
+    if find_etcd() is None:
+        pytest.skip(MISSING_ETCD)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = CertificateAuthority(certs)
+    server_cert, server_key = ca.issue(
+        "etcd.test"
+    )  # its only name: 127.0.0.1 needs --topo_etcd_tls_server_name
+    # no Common Name: with auth on, etcd's JSON gateway refuses client certificates that carry one
+    client_cert, client_key = ca.issue("topo-client", common_name=False)
+    tls = EtcdTls(ca.path, server_cert, server_key, client_cert, client_key)
+    server = EtcdServer(tmp_path / "etcd", tls, extra=["--auth-token-ttl", str(TOKEN_TTL)])
+    base = EtcdSettings(tls_ca=ca.path, tls_cert=client_cert, tls_key=client_key, tls_server_name="etcd.test")
+
+    async def enable_auth() -> None:
+        async with EtcdClient([server.address], base) as c:
+            vitess = base64.b64encode(b"/vitess/").decode()
+            vitess_end = base64.b64encode(prefix_end(b"/vitess/")).decode()
+            for path, body in (
+                ("auth/user/add", {"name": "root", "password": "rootpw"}),
+                ("auth/user/grant", {"user": "root", "role": "root"}),
+                ("auth/role/add", {"name": "tablets"}),
+                ("auth/role/grant", {"name": "tablets",
+                                     "perm": {"permType": "READWRITE", "key": vitess, "range_end": vitess_end}}),
+                ("auth/user/add", {"name": AGENT_USER, "password": AGENT_PASSWORD}),
+                ("auth/user/grant", {"user": AGENT_USER, "role": "tablets"}),
+                ("auth/enable", {}),
+            ):  # fmt: skip
+                await c._post(path, body)
+
+    asyncio.run(enable_auth())
+    yield SecureEtcd(server, tls, replace(base, username="root", password="rootpw"))
+    server.close()
+
+
+def test_tls_and_user_password_auth(
+    primary: Sandbox, agent_factory: AgentFactory, secure_etcd: SecureEtcd
+) -> None:
+    etcd = secure_etcd.server
+    flags = ["--topo_implementation", "etcd2", "--topo_global_server_address", etcd.address, "--init_shard=-80",
+             "--topo_lease_ttl", str(TTL)]  # fmt: skip
+    for extra, env, text in (
+        (secure_etcd.flags(), {PASSWORD_ENV: "wrong"}, f"etcd refused user '{AGENT_USER}'"),
+        (secure_etcd.flags(server_name=""), {PASSWORD_ENV: AGENT_PASSWORD}, "CERTIFICATE_VERIFY_FAILED"),
+        ([*secure_etcd.flags(), f"--topo_etcd_password={AGENT_PASSWORD}"], {}, "never taken from flags"),
+    ):
+        agent = agent_factory(primary, extra=[*flags, *extra], env=env, start=False)
+        done = subprocess.run(agent.argv, env=agent.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and text in done.stderr, done.stderr[-2000:]
+        assert AGENT_PASSWORD not in done.stderr
+
+    agent = agent_factory(primary, extra=[*flags, *secure_etcd.flags()], env={PASSWORD_ENV: AGENT_PASSWORD})
+    assert AGENT_PASSWORD not in agent.log()
+
+    async def read(key: str) -> bytes:
+        async with EtcdClient([etcd.address], secure_etcd.settings) as c:
+            for _ in range(150):  # the agent answers Ping a moment before it registers
+                if (kv := await c.get(key.encode())) is not None:
+                    return kv.value
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{key} never appeared")
+
+    async def anonymous() -> None:
+        async with EtcdClient([etcd.address], replace(secure_etcd.settings, username="", password="")) as c:
+            await c.get(b"/vitess/zone1/tablets/zone1-0000000102/Tablet")
+
+    with pytest.raises(AgentError):  # auth is on: nothing without a user
+        asyncio.run(anonymous())
+
+    async def after_token_expiry() -> None:
+        async with EtcdClient([etcd.address], secure_etcd.settings) as c:
+            assert await c.get(b"/vitess/global/keyspaces/ks/Keyspace") is not None
+            await asyncio.sleep(TOKEN_TTL + 1.5)
+            assert await c.get(b"/vitess/global/keyspaces/ks/Keyspace") is not None
+
+    asyncio.run(after_token_expiry())
+    record = topodata_pb2.Tablet.FromString(
+        asyncio.run(read("/vitess/zone1/tablets/zone1-0000000102/Tablet"))
+    )
+    assert record.shard == "-80" and record.key_range == topodata_pb2.KeyRange(start=b"", end=b"\x80")
+    shard = topodata_pb2.Shard.FromString(asyncio.run(read("/vitess/global/keyspaces/ks/shards/-80/Shard")))
+    assert shard.key_range.end == b"\x80" and shard.is_primary_serving
+
+    tls_args = ["--topo-etcd-tls-ca", str(secure_etcd.tls.ca), "--topo-etcd-tls-cert", str(secure_etcd.tls.client_cert),
+                "--topo-etcd-tls-key", str(secure_etcd.tls.client_key), "--topo-etcd-tls-server-name", "etcd.test",
+                "--topo-etcd-username", AGENT_USER]  # fmt: skip
+    listing = ctl(etcd, "tablets", "ks/-80", *tls_args, env={PASSWORD_ENV: AGENT_PASSWORD})
+    assert listing.returncode == 0, listing.stderr
+    assert "zone1-0000000102" in listing.stdout and "not alive" not in listing.stdout, listing.stdout
+    agent.stop()
+
+
+def test_a_cell_with_its_own_etcd(
+    primary: Sandbox, agent_factory: AgentFactory, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    cell_etcd = EtcdServer(tmp_path / "etcd-zone2")
+    try:
+        agent_factory(
+            primary,
+            alias="zone2-0000000201",
+            extra=[
+                *topo_flags(etcd),
+                "--topo_cell_server_address",
+                cell_etcd.address,
+                "--topo_cell_root",
+                "/vt/zone2",
+            ],
+        )
+        wait_for(
+            "the tablet in zone2's etcd",
+            lambda: "/vt/zone2/tablets/zone2-0000000201/Tablet" in dump(cell_etcd),
+        )
+        info = topodata_pb2.CellInfo.FromString(dump(etcd)["/vitess/global/cells/zone2/CellInfo"].value)
+        assert (info.server_address, info.root) == (cell_etcd.address, "/vt/zone2")
+        assert "/vitess/global/keyspaces/ks/shards/0/Shard" in dump(etcd)
+        assert "/vt/zone2/keyspaces/ks/shards/0/ShardReplication" in dump(cell_etcd)
+        assert sorted(dump(etcd)) == [  # the global topology: no tablet, no liveness key
+            "/vitess/global/cells/zone2/CellInfo",
+            "/vitess/global/keyspaces/ks/Keyspace",
+            "/vitess/global/keyspaces/ks/VSchema",
+            "/vitess/global/keyspaces/ks/shards/0/Shard",
+        ]
+        wait_for(
+            "the agent alive", lambda: [e.alias for e in entries(etcd) if e.alive] == ["zone2-0000000201"]
+        )
+        listing = ctl(etcd, "tablets", "ks/0")  # through the global topology's CellInfo
+        assert listing.returncode == 0 and "zone2-0000000201" in listing.stdout, listing.stderr
+    finally:
+        cell_etcd.close()
