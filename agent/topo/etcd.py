@@ -203,6 +203,23 @@ class EtcdClient:
         kvs = (await self._post("kv/range", {"key": _b64(key)})).get("kvs", [])
         return _kv(kvs[0]) if kvs else None
 
+    async def last_before(self, prefix: bytes, revision: int) -> KeyValue | None:
+        """The most recently modified key under `prefix` older than `revision` (clientv3's
+        `WithLastRev` + `WithMaxModRev(revision-1)`)."""
+        result = await self._post(
+            "kv/range",
+            {
+                "key": _b64(prefix),
+                "range_end": _b64(prefix_end(prefix)),
+                "sort_order": "DESCEND",
+                "sort_target": "MOD",
+                "limit": 1,
+                "max_mod_revision": str(revision - 1),
+            },
+        )
+        kvs = result.get("kvs", [])
+        return _kv(kvs[0]) if kvs else None
+
     async def delete(self, key: bytes) -> None:
         await self._post("kv/deleterange", {"key": _b64(key)})
 

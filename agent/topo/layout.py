@@ -8,19 +8,26 @@ and `keyspaces/...`; a cell's root (from its CellInfo) holds `tablets/<alias>/Ta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
 import posixpath
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
-from agent.errors import FailedPrecondition, InvalidArgument, Unavailable
+from agent.errors import AgentError, FailedPrecondition, InvalidArgument, Unavailable
 from agent.log import get_logger
 from agent.pb import topodata_pb2
 from agent.topo.etcd import EtcdClient, KeyValue
 
 CAS_ATTEMPTS = 20
+LOCK_TTL, LOCK_WAIT, LOCK_POLL = 30, 60.0, 0.2  # Vitess: --topo_etcd_lease_ttl 30, --init_timeout 1m
 M = TypeVar(
     "M", topodata_pb2.Tablet, topodata_pb2.Shard, topodata_pb2.CellInfo, topodata_pb2.ShardReplication
 )
@@ -187,22 +194,70 @@ async def get_or_create_shard(
         log.info("keyspace created in the topology", keyspace=keyspace)
     await client.create(vschema_key(global_root, keyspace), b"")  # an empty vschemapb.Keyspace
     record = topodata_pb2.Shard(is_primary_serving=True)
-    if key_range is not None:
-        record.key_range.CopyFrom(key_range)
-        shards_dir = topo_key(global_root, "keyspaces", keyspace, "shards") + b"/"
-        for kv in await client.get_prefix(shards_dir):
-            if posixpath.basename(kv.key.decode(errors="replace")) != "Shard":
-                continue
-            other = _parse(topodata_pb2.Shard(), kv)
-            if key_ranges_intersect(other.key_range if other.HasField("key_range") else None, key_range):
-                record.is_primary_serving = False
-    existing = await client.create(shard_key(global_root, keyspace, name), record.SerializeToString())
+    async with keyspace_lock(client, global_root, keyspace, "CreateShard"):  # as Vitess's CreateShard
+        if key_range is not None:
+            record.key_range.CopyFrom(key_range)
+            shards_dir = topo_key(global_root, "keyspaces", keyspace, "shards") + b"/"
+            for kv in await client.get_prefix(shards_dir):
+                if posixpath.basename(kv.key.decode(errors="replace")) != "Shard":
+                    continue
+                other = _parse(topodata_pb2.Shard(), kv)
+                if key_ranges_intersect(other.key_range if other.HasField("key_range") else None, key_range):
+                    record.is_primary_serving = False
+        existing = await client.create(shard_key(global_root, keyspace, name), record.SerializeToString())
     if existing is not None:
         return _parse(topodata_pb2.Shard(), existing)
     log.info(
         "shard created in the topology", keyspace=keyspace, shard=name, serving=record.is_primary_serving
     )
     return record
+
+
+@contextlib.asynccontextmanager
+async def keyspace_lock(
+    client: EtcdClient,
+    global_root: str,
+    keyspace: str,
+    action: str,
+    *,
+    ttl: int = LOCK_TTL,
+    wait: float = LOCK_WAIT,
+) -> AsyncIterator[None]:
+    """Vitess's etcd2 lock on a keyspace: a key `keyspaces/<ks>/locks/<lease id>` under a lease, held once
+    no older key is left in `locks/` (polled here; Vitess watches)."""
+    locks = topo_key(global_root, "keyspaces", keyspace, "locks")
+    lease = await client.grant(ttl)
+    try:
+        key = locks + f"/{lease}".encode()
+        if await client.create(key, _lock_contents(action), lease) is not None:
+            raise Unavailable(f"lock {key.decode()} already exists: retry")
+        mine = await client.get(key)
+        revision = mine.mod_revision if mine is not None else 0
+        deadline = time.monotonic() + wait
+        while (older := await client.last_before(locks + b"/", revision)) is not None:
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"keyspace {keyspace} stays locked by {older.key.decode()} ({older.value[:200].decode(errors='replace')}): "
+                    "wait for the Vitess operation holding it to end (a dead holder's lock expires with its lease), "
+                    "then start the agent again"
+                )
+            await asyncio.sleep(LOCK_POLL)
+        yield
+    finally:
+        with contextlib.suppress(AgentError):
+            await client.revoke(lease)
+
+
+def _lock_contents(action: str) -> bytes:
+    """What Vitess writes in a lock file (`topo.Lock` as indented JSON)."""
+    lock = {
+        "Action": action,
+        "HostName": socket.getfqdn(),
+        "UserName": os.environ.get("USER", ""),
+        "Time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "Status": "Running",
+    }
+    return json.dumps(lock, indent=2).encode()
 
 
 async def add_shard_replication_node(

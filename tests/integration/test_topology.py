@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from agent.errors import AgentError
 from agent.pb import topodata_pb2
 from agent.topo.etcd import PASSWORD_ENV, EtcdClient, EtcdSettings, KeyValue, prefix_end
+from agent.topo.layout import get_or_create_shard, keyspace_lock
 from agent.topo.locks import shard_lock_key
 from agent.topo.tablets import TabletEntry, list_tablets
 from tests.agent_process import AgentProcess
@@ -34,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 ROOT = "/vitess/global"
 TTL = 3
 XTRA = ["--backup_engine_implementation", "xtrabackup", "--xtrabackup_user", "root"]
+HOLDER_TTL = 8  # long enough for a loaded machine to start tabletctl before the crashed holder's lock expires
 SLOW = ["--xtrabackup_backup_flags=--throttle=100"]  # ~5 s on a fresh sandbox
 
 
@@ -176,7 +179,7 @@ def test_shard_lock_blocks_a_second_run_and_expires_with_a_crashed_holder(
 ) -> None:
     async def hold() -> None:
         async with EtcdClient([etcd.address]) as c:
-            lease = await c.grant(TTL)  # never kept alive: a holder that crashed
+            lease = await c.grant(HOLDER_TTL)  # never kept alive: a holder that crashed
             held = await c.create(shard_lock_key(ROOT, "ks", "0", "backup-shard"),
                                   b'{"holder": "other:1", "what": "backup-shard", "since": "now"}', lease)  # fmt: skip
             assert held is None
@@ -184,7 +187,7 @@ def test_shard_lock_blocks_a_second_run_and_expires_with_a_crashed_holder(
     asyncio.run(hold())
     res = ctl(etcd, "backup-shard", "ks/0")
     assert res.returncode == 1 and "shard ks/0 is locked by other:1 (backup-shard)" in res.stderr, res.stderr
-    res = ctl(etcd, "backup-shard", "ks/0", "--lock-wait", str(TTL + 5))
+    res = ctl(etcd, "backup-shard", "ks/0", "--lock-wait", str(HOLDER_TTL + 5))
     assert res.returncode == 0, res.stderr  # the crashed holder's lock expired
 
 
@@ -554,3 +557,36 @@ def test_a_cell_with_its_own_etcd(
         assert listing.returncode == 0 and "zone2-0000000201" in listing.stdout, listing.stderr
     finally:
         cell_etcd.close()
+
+
+def test_shards_are_created_under_vitess_keyspace_lock(etcd: EtcdServer) -> None:
+    async def run() -> None:
+        async with EtcdClient([etcd.address]) as c:
+
+            async def under(prefix: str) -> dict[str, KeyValue]:
+                return {kv.key.decode(): kv for kv in await c.get_prefix(prefix.encode())}
+
+            for name in ("-80", "80-", "-"):
+                await get_or_create_shard(c, ROOT, "sharded", name)
+            shards = {
+                k.rsplit("/", 2)[-2]: topodata_pb2.Shard.FromString(kv.value)
+                for k, kv in (await under("/vitess/global/keyspaces/sharded/shards/")).items()
+            }
+            assert {k: s.is_primary_serving for k, s in shards.items()} == {
+                "-80": True,
+                "80-": True,
+                "-": False,
+            }
+            assert shards["80-"].key_range == topodata_pb2.KeyRange(start=b"\x80")
+            assert not await under("/vitess/global/keyspaces/sharded/locks/")  # released
+
+            async with keyspace_lock(c, ROOT, "other", "Reshard"):  # e.g. vtctld's, held
+                (held,) = (await under("/vitess/global/keyspaces/other/locks/")).values()
+                assert json.loads(held.value)["Action"] == "Reshard" and held.lease
+                with pytest.raises(AgentError, match="keyspace other stays locked by"):
+                    async with keyspace_lock(c, ROOT, "other", "CreateShard", wait=0.5):
+                        pass
+            async with keyspace_lock(c, ROOT, "other", "CreateShard", wait=0.5):
+                pass
+
+    asyncio.run(run())
