@@ -235,9 +235,28 @@ class AgentConfig(BaseModel):
     topo_global_server_address: str = Field(default="", description="etcd client endpoints, comma-separated")
     topo_global_root: str = "/vitess/global"
     topo_lease_ttl: int = Field(
-        default=10, ge=2, le=600, description="seconds a dead agent's record survives"
+        default=10, ge=2, le=600, description="seconds a dead agent's liveness key survives"
+    )
+    topo_cell_server_address: str = Field(
+        default="", description="the cell's etcd endpoints for a new CellInfo (default: the global ones)"
+    )
+    topo_cell_root: str = Field(
+        default="", description="the cell's key prefix for a new CellInfo (default: /vitess/<cell>)"
+    )
+    topo_etcd_tls_ca: Path | None = Field(default=None, description="CA that signs etcd's server certificate")
+    topo_etcd_tls_cert: Path | None = Field(default=None, description="client certificate for etcd (mTLS)")
+    topo_etcd_tls_key: Path | None = Field(default=None, description="key of --topo_etcd_tls_cert")
+    topo_etcd_tls_server_name: str = Field(
+        default="", description="name expected in etcd's server certificate (default: the endpoint's host)"
+    )
+    topo_etcd_username: str = Field(
+        default="", description="etcd user; password from TABLET_AGENT_TOPO_ETCD_PASSWORD"
     )
     tablet_hostname: str = Field(default="", description="host name other tools reach this agent at")
+    init_db_name_override: str = Field(
+        default="",
+        description="database name recorded in the tablet record (Vitess's default: vt_<keyspace>)",
+    )
 
     # operation
     state_dir: Path | None = Field(default=None, description="agent state; default <mycnf dir>/tablet-agent")
@@ -305,6 +324,8 @@ class AgentConfig(BaseModel):
             )
         if self.topo_implementation and not self.topo_global_server_address:
             raise ValueError("--topo_implementation=etcd2 needs --topo_global_server_address (host:port,...)")
+        if (self.topo_etcd_tls_cert is None) != (self.topo_etcd_tls_key is None):
+            raise ValueError("--topo_etcd_tls_cert and --topo_etcd_tls_key must be given together")
         if (self.grpc_cert is None) != (self.grpc_key is None):
             raise ValueError("--grpc_cert and --grpc_key must be given together")
         if self.grpc_ca is not None and self.grpc_cert is None:

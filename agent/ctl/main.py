@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from agent.ctl.progress import follow
 from agent.ctl.render import print_event, render_status
 from agent.ctl.shard import choose, render_tablets, survey
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.pb import (
     agentdata_pb2,
     logutil_pb2,
@@ -26,7 +26,7 @@ from agent.pb import (
     tabletmanagerservice_pb2_grpc,
     vttime_pb2,
 )
-from agent.topo.etcd import EtcdClient
+from agent.topo.etcd import PASSWORD_ENV, EtcdClient, EtcdSettings
 from agent.topo.locks import shard_lock
 from agent.topo.tablets import list_tablets
 
@@ -99,6 +99,12 @@ def make_parser() -> CtlParser:
         t.add_argument("--topo-server", "--topo_server", "--topo_global_server_address",
                        default=os.environ.get("TABLETCTL_TOPO_SERVER", ""), help="etcd endpoints, comma-separated")  # fmt: skip
         t.add_argument("--topo-root", "--topo_root", "--topo_global_root", default="/vitess/global")
+        t.add_argument("--topo-etcd-tls-ca", "--topo_etcd_tls_ca", type=Path, default=None)
+        t.add_argument("--topo-etcd-tls-cert", "--topo_etcd_tls_cert", type=Path, default=None)
+        t.add_argument("--topo-etcd-tls-key", "--topo_etcd_tls_key", type=Path, default=None)
+        t.add_argument("--topo-etcd-tls-server-name", "--topo_etcd_tls_server_name", default="")
+        t.add_argument("--topo-etcd-username", "--topo_etcd_username", default="",
+                       help=f"etcd user; the password comes from {PASSWORD_ENV}")  # fmt: skip
         if name == "backup-shard":
             t.add_argument("--allow_primary", "--allow-primary", action="store_true")
             t.add_argument("--incremental_from_pos", "--incremental-from-pos", default="")
@@ -239,7 +245,23 @@ async def run_shard(args: argparse.Namespace, interceptors: list[Any] | None) ->
     if not endpoints:
         print("tabletctl: error: give --topo-server host:port (or TABLETCTL_TOPO_SERVER)", file=sys.stderr)
         return EXIT_USAGE
-    async with EtcdClient(endpoints) as topo:
+    if (args.topo_etcd_tls_cert is None) != (args.topo_etcd_tls_key is None):
+        print("tabletctl: error: give --topo-etcd-tls-cert and --topo-etcd-tls-key together", file=sys.stderr)
+        return EXIT_USAGE
+    settings = EtcdSettings(
+        tls_ca=args.topo_etcd_tls_ca,
+        tls_cert=args.topo_etcd_tls_cert,
+        tls_key=args.topo_etcd_tls_key,
+        tls_server_name=args.topo_etcd_tls_server_name,
+        username=args.topo_etcd_username,
+        password=os.environ.get(PASSWORD_ENV, ""),
+    )
+    try:
+        topo = EtcdClient(endpoints, settings)
+    except ConfigError as e:
+        print(f"tabletctl: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    async with topo:
         if args.command == "tablets":
             records = await list_tablets(topo, args.topo_root, keyspace, shard)
             print(
