@@ -26,6 +26,7 @@ from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
 from agent.operations import Operation
 from agent.ops.startup import prepare_tablet
+from agent.ops.tablet_type import current_type
 from agent.tablet import Tablet
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ async def register(tablet: Tablet, port: int) -> Registration | None:
             registration.set_type(during)
 
     def finished(_op: Operation) -> None:
-        registration.set_type("DRAINED" if tablet.drained else str(config.init_tablet_type))
+        registration.set_type(current_type(tablet))
 
     tablet.runner.on_start(started)
     tablet.runner.on_finish(finished)

@@ -13,9 +13,9 @@ from __future__ import annotations
 from agent.config import TabletType
 from agent.errors import AgentError, FailedPrecondition
 from agent.mysql import replication
-from agent.operations import Kind
 from agent.params import RestoreParams
 from agent.tablet import Tablet
+from agent.topo.tablets import type_during
 
 # Schemas that every server has (and Vitess's own sidecar schema): not user data.
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys", "_vt")
@@ -23,12 +23,13 @@ MAX_NAMED = 5
 
 
 def current_type(tablet: Tablet) -> str:
-    """The type to report (Status, topology): Vitess's type names."""
+    """The type to report (Status, topology): Vitess's type names. BACKUP only while a backup takes the
+    tablet out of serving (builtin), as vttablet does."""
     running = tablet.runner.current
-    if (running is not None and running.kind is Kind.RESTORE) or tablet.unfinished_restore:
+    if tablet.unfinished_restore:
         return "RESTORE"
-    if running is not None and running.kind is Kind.BACKUP:
-        return "BACKUP"
+    if running is not None and (during := type_during(running)) is not None:
+        return during
     if tablet.drained:
         return "DRAINED"
     return str(tablet.config.init_tablet_type)
