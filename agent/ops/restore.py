@@ -185,6 +185,7 @@ async def _restore_staged(
         step=Step.STAGING,
         captured=await capture_state(tablet, current_type(tablet)),
         targets=staging.targets,
+        work_dir=staging.work_dir,
         keep_previous=tablet.config.keep_previous_datadir,
     )
     await in_thread(write_journal, tablet.state_dir, journal)

@@ -69,7 +69,7 @@ async def roll_back(tablet: Tablet, journal: RestoreJournal) -> None:
         await finish(tablet, journal)
         return
     if journal.step is Step.STAGING:
-        await in_thread(swap.discard, journal.targets, None)
+        await in_thread(swap.discard, journal.targets, journal.work_dir)
         await _put_back_state(tablet, journal.captured)
         await in_thread(clear_journal, tablet.state_dir)
         return
@@ -84,7 +84,7 @@ async def roll_back(tablet: Tablet, journal: RestoreJournal) -> None:
         journal = await advance(tablet, journal, Step.ROLLBACK_BACK)
         await in_thread(swap.move_back, journal.targets)
         journal = await advance(tablet, journal, Step.ROLLED_BACK)
-    await in_thread(swap.discard, journal.targets, None)
+    await in_thread(swap.discard, journal.targets, journal.work_dir)
     await _put_back_state(tablet, journal.captured)
     await in_thread(clear_journal, tablet.state_dir)
 
@@ -93,6 +93,7 @@ async def finish(tablet: Tablet, journal: RestoreJournal) -> None:
     """A committed restore: drop the previous data (unless kept) and the journal."""
     if not journal.keep_previous:
         await in_thread(swap.drop_previous, journal.targets)
+    await in_thread(swap.discard, (), journal.work_dir)
     await in_thread(clear_journal, tablet.state_dir)
 
 

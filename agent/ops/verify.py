@@ -139,7 +139,8 @@ async def verify_objects(plan: PlannedBackup, op: Operation, concurrency: int) -
             problems[i] = f"{plan.object_path(record)} is missing"
             return
         except DataLoss as e:
-            problems[i] = f"{plan.object_path(record)}: {e}"
+            where = plan.object_path(record)
+            problems[i] = str(e) if where in str(e) else f"{where}: {e}"
             return
         finally:
             await stream.aclose()
