@@ -5,6 +5,7 @@ untouched or fully restored, never writable, with its replication source, ready 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -173,10 +174,8 @@ def test_every_kind_of_damage_fails_before_the_tablet_is_touched(
 
 def start_restore_in_background(agent: AgentProcess) -> threading.Thread:
     def run() -> None:
-        try:
+        with contextlib.suppress(grpc.RpcError):  # the agent is killed under it
             restore(agent, timeout=600)
-        except grpc.RpcError:
-            pass  # the agent is killed under it
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
