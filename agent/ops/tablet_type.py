@@ -30,9 +30,12 @@ def current_type(tablet: Tablet) -> str:
         return "RESTORE"
     if running is not None and (during := type_during(running)) is not None:
         return during
-    if tablet.drained:
-        return "DRAINED"
-    return str(tablet.config.init_tablet_type)
+    return resting_type(tablet)
+
+
+def resting_type(tablet: Tablet) -> str:
+    """The type outside operations: DRAINED after a point-in-time restore, else the configured one."""
+    return "DRAINED" if tablet.drained else str(tablet.config.init_tablet_type)
 
 
 def check_backup_allowed(tablet: Tablet, allow_primary: bool) -> None:
