@@ -20,7 +20,7 @@ from agent.errors import AgentError
 from agent.log import get_logger
 from agent.operations import Operation, error_status
 from agent.ops.backup import start_backup
-from agent.ops.restore import discard_previous, start_restore
+from agent.ops.restore.run import discard_previous, start_restore
 from agent.ops.verify import start_verify
 from agent.pb import agentdata_pb2, tabletmanagerdata_pb2, tabletmanagerservice_pb2_grpc
 from agent.tablet import Tablet

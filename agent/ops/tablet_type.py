@@ -13,12 +13,12 @@ from __future__ import annotations
 from agent.config import TabletType
 from agent.errors import AgentError, FailedPrecondition
 from agent.mysql import replication
+from agent.mysql.datafiles import SYSTEM_SCHEMAS
 from agent.params import RestoreParams
 from agent.tablet import Tablet
 from agent.topo.tablets import type_during
 
-# Schemas that every server has (and Vitess's own sidecar schema): not user data.
-SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys", "_vt")
+SYSTEM = tuple(sorted(SYSTEM_SCHEMAS))
 MAX_NAMED = 5
 
 
@@ -66,8 +66,8 @@ async def check_restore_allowed(tablet: Tablet, params: RestoreParams) -> None:
                 str(r["name"])
                 for r in await session.query(
                     "SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA "
-                    f"WHERE SCHEMA_NAME NOT IN ({', '.join(['%s'] * len(SYSTEM_SCHEMAS))}) ORDER BY SCHEMA_NAME",
-                    SYSTEM_SCHEMAS,
+                    f"WHERE SCHEMA_NAME NOT IN ({', '.join(['%s'] * len(SYSTEM))}) ORDER BY SCHEMA_NAME",
+                    SYSTEM,
                 )
             ]
     except AgentError:

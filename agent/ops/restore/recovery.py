@@ -10,7 +10,7 @@ from agent.errors import AgentError
 from agent.log import get_logger
 from agent.mysql import replication
 from agent.mysql.replication import ReadOnlyState
-from agent.ops import swap
+from agent.ops.restore import swap
 from agent.statedir.restore_journal import (
     CapturedState,
     RestoreJournal,
@@ -21,7 +21,7 @@ from agent.statedir.restore_journal import (
 )
 from agent.tablet import Tablet
 
-log = get_logger("agent.ops.restore_recovery")
+log = get_logger("agent.ops.restore.recovery")
 
 # Steps at which the live directories may hold restored data that must go out again.
 RESTORED_DATA_LIVE = (Step.SWAP_IN, Step.SWAPPED, Step.STARTED, Step.ROLLBACK_OUT)
