@@ -319,7 +319,10 @@ class AgentConfig(BaseModel):
     ignored_flags: tuple[str, ...] = Field(default=(), description="vttablet flags accepted and ignored")
 
     @field_validator(
-        "wait_for_backup_interval", "mysql_shutdown_timeout", "mysqld_start_timeout", "grpc_shutdown_grace",
+        "wait_for_backup_interval",
+        "mysql_shutdown_timeout",
+        "mysqld_start_timeout",
+        "grpc_shutdown_grace",
         mode="before",
     )
     @classmethod

@@ -94,7 +94,7 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
                 "UpgradeSafe": params.upgrade_safe,
                 "BackupMethod": engine.name,
                 "TabletAgent": AgentInfo(Version=AGENT_VERSION),
-                **compression_fields(codec),
+                **compression_fields(codec, config),
                 **outcome.manifest_fields,
             },
         )
