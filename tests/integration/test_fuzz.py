@@ -88,15 +88,15 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(mariadb_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    """One primary and its agent for the whole module: a primary refuses backups without allow_primary,
-    so no fuzz case can start a real operation."""
+    """One primary and its agent (of type PRIMARY) for the whole module: a primary refuses backups without
+    allow_primary and every restore, so no fuzz case can start a real operation."""
     root = tmp_path_factory.mktemp("fuzz")
     sb = Sandbox(root / "primary")
     sb.init_from(mariadb_template)
     sb.start()
     storage = root / "backups"
     storage.mkdir()
-    agent = AgentProcess(sb.cnf, storage, root / "agent").start()
+    agent = AgentProcess(sb.cnf, storage, root / "agent", extra=["--init_tablet_type", "PRIMARY"]).start()
     try:
         sb.write_rows(5)
         yield Target(sb, agent, storage, snapshot(sb.root), sb.pid(), {})
