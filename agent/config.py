@@ -203,6 +203,14 @@ class AgentConfig(BaseModel):
         default=4, ge=1, le=256, description="parallel replication workers of the replication applier"
     )
 
+    # continuous binlog archiving
+    binlog_archive_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="ship closed binlogs as incremental backups and rotate the active one when it holds "
+        "transactions older than this many seconds (0: off)",
+    )
+
     # restore safety
     restore_in_place: bool = Field(
         default=False,

@@ -144,6 +144,11 @@ class Operation:
             self.emit(Level.ERROR if result is Result.FAILED else Level.WARNING, str(error))
         self.emit(Level.INFO, f"{self.kind} {result} after {self.duration:.1f}s")
 
+    async def wait(self) -> None:
+        """Until the operation has ended (its result and error are then set)."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
     async def watch(self) -> AsyncIterator[Event]:
         """Every event from the start (as far as the bounded log holds), then live ones, until the end."""
         seen = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.catalog.summary import BackupSummary
@@ -15,6 +15,16 @@ from agent.mysql.mysqld import Mysqld
 from agent.mysql.state import MysqldStateCache
 from agent.operations import OperationRunner
 from agent.storage import BackupStorage, storage_from_config
+
+
+@dataclass
+class ArchiveState:
+    """The binlog archiver's state, for Status and metrics (`ops.archive`)."""
+
+    active: bool = False  # this agent archives (holds the role, or there is no topology)
+    last_shipped: float = 0.0  # time.time() of the last shipment
+    gap: str = ""  # binlogs purged before they were shipped: why the chain is broken
+    problem: str = ""  # the last failure, until a shipment succeeds
 
 
 @dataclass
@@ -34,6 +44,7 @@ class Tablet:
     mysqld_states: MysqldStateCache
     restored_to: str = ""  # what the last restore brought the tablet to, for Status
     unfinished_restore: str = ""  # a restore that could not be finished or rolled back: why, for Status
+    archive: ArchiveState = field(default_factory=ArchiveState)
     drained: bool = False  # restored to a point in time: out of serving, as Vitess's DRAINED
 
     @classmethod

@@ -25,6 +25,7 @@ from agent.daemon.servicer import TabletManagerServicer
 from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
 from agent.operations import Operation
+from agent.ops.archive import ROLE, Archiver
 from agent.ops.restore.at_start import restore_on_start, startup_restore_params
 from agent.ops.startup import prepare_tablet
 from agent.ops.tablet_type import current_type
@@ -140,6 +141,24 @@ def _expand_flagfiles(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def archiver(tablet: Tablet, registration: Registration | None) -> Archiver:
+    """The binlog archiver; with a topology, the shard's archiver role decides which agent archives."""
+    role = None
+    if registration is not None:
+        from agent.topo.roles import ShardRole
+
+        config = tablet.config
+        role = ShardRole(
+            registration.global_client,
+            config.topo_global_root,
+            config.init_keyspace,
+            config.init_shard,
+            action=ROLE,
+            ttl=config.topo_lease_ttl,
+        )
+    return Archiver(tablet, role)
+
+
 async def _restore_on_start(tablet: Tablet) -> None:
     try:
         await restore_on_start(tablet)
@@ -163,7 +182,7 @@ async def serve(config: AgentConfig) -> int:
         address=f"{config.grpc_bind_address}:{port}",
         version=AGENT_VERSION,
     )
-    metrics = AgentMetrics(tablet.runner, tablet.summary)
+    metrics = AgentMetrics(tablet.runner, tablet.summary, tablet.archive, config.binlog_archive_interval)
     if config.metrics_port:
         metrics_port = metrics.serve(config.metrics_bind_address, config.metrics_port)
         log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
@@ -174,6 +193,8 @@ async def serve(config: AgentConfig) -> int:
     ]
     if config.restore_from_backup:
         background.append(asyncio.create_task(_restore_on_start(tablet)))
+    if config.binlog_archive_interval:
+        background.append(asyncio.create_task(archiver(tablet, registration).run()))
     notifier.notify("READY=1", f"STATUS=serving on {config.grpc_bind_address}:{port}")
 
     stop = asyncio.Event()

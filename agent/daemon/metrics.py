@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from agent.catalog.summary import BackupSummary
 from agent.errors import ConfigError
 from agent.operations import Kind, Operation, OperationRunner, Result
+from agent.tablet import ArchiveState
 
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 
@@ -34,6 +35,18 @@ class _Current(Collector):
         for kind in Kind:
             running.add_metric([kind.value], 1.0 if current is not None and current.kind is kind else 0.0)
         yield running
+        archive = self._m.archive
+        if archive is not None:
+            yield GaugeMetricFamily(
+                "tablet_agent_binlog_archive_gap",
+                "1 while binlogs were purged before they were archived (point-in-time restores cannot cross it)",
+                value=1.0 if archive.gap else 0.0,
+            )
+            yield GaugeMetricFamily(
+                "tablet_agent_binlog_archiving",
+                "1 while this agent archives the shard's binlogs",
+                value=1.0 if archive.active else 0.0,
+            )
         verification = self._m.summary.newest.full_verification if self._m.summary is not None else None
         if verification is not None and verification.ok:
             yield GaugeMetricFamily(
@@ -50,9 +63,16 @@ class _Current(Collector):
 
 
 class AgentMetrics:
-    def __init__(self, runner: OperationRunner, summary: BackupSummary | None = None) -> None:
+    def __init__(
+        self,
+        runner: OperationRunner,
+        summary: BackupSummary | None = None,
+        archive: ArchiveState | None = None,
+        archive_interval: float = 0.0,
+    ) -> None:
         self.runner = runner
         self.summary = summary
+        self.archive = archive
         self.registry = CollectorRegistry()
         self.binlog_files_pending: int | None = None
         r = self.registry
@@ -79,6 +99,12 @@ class AgentMetrics:
             registry=r,
         )
         self.errors = Counter("tablet_agent_errors", "failed operations by gRPC status", ["code"], registry=r)
+        interval = Gauge(
+            "tablet_agent_binlog_archive_interval_seconds",
+            "--binlog_archive_interval (0: continuous archiving is off)",
+            registry=r,
+        )
+        interval.set(archive_interval)
         r.register(_Current(self))
         self._server: Any = None
         runner.on_finish(self.observe)

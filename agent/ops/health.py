@@ -66,6 +66,11 @@ def health_problems(tablet: Tablet, state: MysqldState) -> list[str]:
             f"replica not replicating since the restore of {tablet.restored_to}: start replication "
             "(START SLAVE) once it should follow its source"
         )
+    archive = tablet.archive
+    if archive.gap:
+        problems.append(archive.gap)
+    if archive.active and archive.problem:
+        problems.append(archive.problem)
     if config.grpc_cert is None and not is_loopback(config.grpc_bind_address):
         problems.append(f"INSECURE: plaintext gRPC on {config.grpc_bind_address} (--grpc_insecure)")
     return problems
