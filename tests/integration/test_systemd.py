@@ -3,17 +3,23 @@ option groups of a suffix as mariadbd reads them; `make install` into a temporar
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from agent.mysql.mycnf import read_mycnf
-from tests.sandbox import find_program
+from tests.agent_process import AgentProcess
+from tests.conftest import SandboxFactory
+from tests.integration.conftest import AgentFactory
+from tests.integration.helpers import backup, restore
+from tests.sandbox import Sandbox, find_program
 from tests.unit.test_mycnf import debian_multi_instance
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,3 +224,57 @@ def test_make_install_into_a_temporary_root(tmp_path: Path) -> None:
     assert (root / "etc/tablet-agent").stat().st_mode & 0o777 == 0o750
     for doc in ("README.md", "example.toml", "example.env", "paths.conf.example"):
         assert (root / "opt/tablet-agent/share/doc" / doc).is_file()
+
+
+# --- the agent under the unit's system-call policy ---------------------------------------------------
+
+
+@needs_systemd_analyze
+@pytest.mark.skipif(
+    ctypes.util.find_library("seccomp") is None, reason="libseccomp is missing: apt-get install libseccomp2"
+)
+def test_agent_works_under_the_units_system_call_policy(
+    primary: Sandbox,
+    replica: Sandbox,
+    sandbox_factory: SandboxFactory,
+    agent_factory: AgentFactory,
+    storage_root: Path,
+) -> None:
+    """SystemCallFilter= and MemoryDenyWriteExecute= as the unit sets them, for the agent and all it runs:
+    an xtrabackup full and an incremental backup, then a point-in-time restore replayed by the
+    replication applier (mariadb-install-db and a throw-away mariadbd), a builtin backup and restore."""
+    policy = [sys.executable, "-m", "tests.seccomp_exec", str(UNIT), "--"]
+    probe = subprocess.run(
+        [*policy, sys.executable, "-c", "import mmap; mmap.mmap(-1, 4096, prot=7)"],
+        capture_output=True,
+        text=True,
+    )
+    assert "Operation not permitted" in probe.stderr, probe.stderr  # W+X memory is refused: the policy is on
+
+    def sandboxed(sandbox: Sandbox, **kwargs: object) -> AgentProcess:
+        agent = agent_factory(sandbox, start=False, **kwargs)
+        agent.argv = [*policy, *agent.argv]
+        return agent.start()
+
+    xtra = ["--backup_engine_implementation", "xtrabackup", "--xtrabackup_user", "root"]
+    agent = sandboxed(replica, extra=xtra)
+    replica.wait_for_gtid(primary.write_rows(30))
+    backup(agent)
+    middle = primary.write_rows(7)
+    replica.wait_for_gtid(primary.write_rows(9, table="u"))
+    backup(agent, incremental_from_pos="auto")
+    target = sandbox_factory()
+    target.make_replica_of(primary, start=False)
+    restorer = sandboxed(target, alias="zone1-0000000105", extra=[*xtra, "--binlog_applier=replication"])
+    events = restore(restorer, restore_to_pos=middle)
+    assert any("replaying binlogs (replication)" in e for e in events), events
+    assert int(target.value("SELECT COUNT(*) FROM test.t")) == 37
+    restorer.stop()
+    agent.stop()
+
+    builtin = sandboxed(replica, alias="zone1-0000000106")
+    backup(builtin)  # stops mysqld, copies, starts it again (mariadbd runs under the policy too)
+    builtin.stop()
+    restore(sandboxed(target, alias="zone1-0000000107"))
+    assert int(target.value("SELECT COUNT(*) FROM test.t")) == 37
+    assert int(target.value("SELECT COUNT(*) FROM test.u")) == 9
