@@ -112,6 +112,12 @@ class AgentConfig(BaseModel):
 
     # mysqld
     mycnf_file: Path
+    mycnf_group_suffix: str = Field(
+        default="",
+        description="also read the option groups with this suffix, as mysqld's --defaults-group-suffix "
+        "([mysqld.<i>] for Debian's mariadb@<i>.service: .<i>); default $MARIADB_GROUP_SUFFIX or "
+        "$MYSQL_GROUP_SUFFIX",
+    )
     db_credentials_file: Path | None = None
     mysqld_start_command: str | None = Field(
         default=None, description="command that starts mysqld; default runs mariadbd/mysqld itself"
@@ -267,7 +273,10 @@ class AgentConfig(BaseModel):
     )
 
     # operation
-    state_dir: Path | None = Field(default=None, description="agent state; default <mycnf dir>/tablet-agent")
+    state_dir: Path | None = Field(
+        default=None,
+        description="agent state; default $STATE_DIRECTORY (systemd's StateDirectory=), else <mycnf dir>/tablet-agent",
+    )
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics HTTP port (0: off)")
@@ -365,6 +374,16 @@ class AgentConfig(BaseModel):
             raise ValueError(f"invalid shard {v!r}: use a number such as 0 or a key range such as -80 or 80-")
         return v
 
+    @field_validator("mycnf_group_suffix")
+    @classmethod
+    def _group_suffix(cls, v: str) -> str:
+        if any(ch.isspace() or ch in "[]#;=" for ch in v):
+            raise ValueError(
+                f"invalid mycnf_group_suffix {v!r}: it is appended to option group names, so it cannot hold "
+                "spaces or any of []#;= (Debian's mariadb@<i>.service uses .<i>)"
+            )
+        return v
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
@@ -448,6 +467,11 @@ def is_loopback(address: str) -> bool:
     except ValueError:
         return False
 
+
+# Defaults taken from the environment other programs set: systemd's StateDirectory= and the group suffix
+# MariaDB's own programs read (MARIADB_GROUP_SUFFIX wins over MYSQL_GROUP_SUFFIX, as in mysys).
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
+GROUP_SUFFIX_ENVS = ("MARIADB_GROUP_SUFFIX", "MYSQL_GROUP_SUFFIX")
 
 # Other spellings accepted for a field (Vitess uses --tablet-path for the alias).
 FIELD_ALIASES: dict[str, str] = {"tablet_path": "tablet_alias"}
@@ -533,6 +557,19 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def environment_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Defaults from the environment the agent is started in; any flag, TOML key or TABLET_AGENT_* wins."""
+    out: dict[str, Any] = {}
+    # systemd joins several StateDirectory= paths with ':'; the first is the unit's own.
+    if state := environ.get(STATE_DIRECTORY_ENV, "").split(":")[0]:
+        out["state_dir"] = state
+    for name in GROUP_SUFFIX_ENVS:
+        if suffix := environ.get(name):
+            out["mycnf_group_suffix"] = suffix
+            break
+    return out
+
+
 def build_config(
     flags: Mapping[str, Any], environ: Mapping[str, str] | None = None, config_file: Path | None = None
 ) -> AgentConfig:
@@ -552,6 +589,7 @@ def build_config(
         merged["ignored_flags"] = tuple(ignored)
     if str(merged.get("backup_storage_compress", "true")).lower() not in BOOL_TRUE:
         merged.setdefault("compression_engine_name", "none")
+    merged.update({k: v for k, v in environment_defaults(environ).items() if k not in merged})
     missing = [
         f"--{name}"
         for name in ("tablet_alias", "init_keyspace", "init_shard", "mycnf_file")

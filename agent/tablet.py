@@ -49,7 +49,7 @@ class Tablet:
 
     @classmethod
     def create(cls, config: AgentConfig, environ: dict[str, str] | None = None) -> Tablet:
-        mycnf = read_mycnf(config.mycnf_file)
+        mycnf = read_mycnf(config.mycnf_file, config.mycnf_group_suffix)
         creds = credentials_from(
             mycnf, config.db_credentials_file, dict(os.environ) if environ is None else environ
         )

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -17,7 +17,14 @@ import uvloop
 
 from agent import AGENT_VERSION
 from agent.binlogs.pending import pending_binlogs
-from agent.config import IGNORED_VITESS_FLAGS, AgentConfig, build_config, canonical_key, config_keys
+from agent.config import (
+    GROUP_SUFFIX_ENVS,
+    IGNORED_VITESS_FLAGS,
+    AgentConfig,
+    build_config,
+    canonical_key,
+    config_keys,
+)
 from agent.daemon.metrics import AgentMetrics
 from agent.daemon.sdnotify import SystemdNotifier
 from agent.daemon.server import AgentServer
@@ -321,6 +328,15 @@ async def track_pending_binlogs(tablet: Tablet, metrics: AgentMetrics) -> None:
         await asyncio.sleep(PENDING_BINLOGS_INTERVAL)
 
 
+def export_group_suffix(config: AgentConfig, environ: MutableMapping[str, str]) -> None:
+    """Make the programs the agent starts (mariadbd, mariabackup) read the option groups it reads."""
+    for name in GROUP_SUFFIX_ENVS:
+        if config.mycnf_group_suffix:
+            environ[name] = config.mycnf_group_suffix
+        else:
+            environ.pop(name, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -328,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tablet-agent: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    export_group_suffix(config, os.environ)
     configure_logging(config.log_format, config.log_level)
     for name in config.ignored_flags:
         log.warning(

@@ -16,7 +16,7 @@ class ShardRole:
     """`try_take()` until it returns True; `held` while the lease lives; `give_up()` at the end."""
 
     def __init__(
-        self, client: EtcdClient, root: str, keyspace: str, shard: str, action: str, ttl: int
+        self, client: EtcdClient, root: str, keyspace: str, shard: str, *, action: str, ttl: int
     ) -> None:
         self._client = client
         self._key = shard_lock_key(root, keyspace, shard, action)
