@@ -182,6 +182,24 @@ class AgentConfig(BaseModel):
         description="Status reports a health problem when the newest backup is older (0: never)",
     )
 
+    @field_validator("init_tablet_type", mode="before")
+    @classmethod
+    def _upper_enum(cls, v: Any) -> Any:
+        """Enum values in any case: `replica` = `REPLICA`."""
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator(
+        "backup_storage_implementation",
+        "backup_engine_implementation",
+        "binlog_applier",
+        "log_format",
+        mode="before",
+    )
+    @classmethod
+    def _lower_enum(cls, v: Any) -> Any:
+        """Enum values in any case: `XtraBackup` = `xtrabackup`."""
+        return v.strip().lower() if isinstance(v, str) else v
+
     @field_validator("tablet_alias")
     @classmethod
     def _alias(cls, v: str) -> str:

@@ -223,6 +223,7 @@ class BackupInfo(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     TABLET_ALIAS_FIELD_NUMBER: _builtins.int
     COMPRESSION_ENGINE_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     directory: _builtins.str
     complete: _builtins.bool
@@ -234,6 +235,10 @@ class BackupInfo(_message.Message):
     size_bytes: _builtins.int
     tablet_alias: _builtins.str
     compression_engine: _builtins.str
+    verification: _builtins.str
+    """Our additions to this message use numbers >= 100 (lower ones are left for its own growth).
+    The last verification's outcome (e.g. "verified", "failed: ..."); empty when never verified or unknown.
+    """
     @_builtins.property
     def backup_time(self) -> _vttime_pb2.Time: ...
     @_builtins.property
@@ -254,10 +259,11 @@ class BackupInfo(_message.Message):
         size_bytes: _builtins.int = ...,
         tablet_alias: _builtins.str = ...,
         compression_engine: _builtins.str = ...,
+        verification: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["backup_time", b"backup_time", "finished_time", b"finished_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_time", b"backup_time", "complete", b"complete", "compression_engine", b"compression_engine", "directory", b"directory", "engine", b"engine", "finished_time", b"finished_time", "from_backup", b"from_backup", "from_position", b"from_position", "incremental", b"incremental", "name", b"name", "position", b"position", "size_bytes", b"size_bytes", "tablet_alias", b"tablet_alias"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_time", b"backup_time", "complete", b"complete", "compression_engine", b"compression_engine", "directory", b"directory", "engine", b"engine", "finished_time", b"finished_time", "from_backup", b"from_backup", "from_position", b"from_position", "incremental", b"incremental", "name", b"name", "position", b"position", "size_bytes", b"size_bytes", "tablet_alias", b"tablet_alias", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,16 +381,20 @@ class ListBackupsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKUPS_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    directory: _builtins.str
+    """`<keyspace>/<shard>`: where the listed backups live in the storage"""
     @_builtins.property
     def backups(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackupInfo]: ...
     def __init__(
         self,
         *,
         backups: _abc.Iterable[Global___BackupInfo] | None = ...,
+        directory: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups", b"backups"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups", b"backups", "directory", b"directory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

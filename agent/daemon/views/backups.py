@@ -50,7 +50,8 @@ def _parse(value: str) -> datetime | None:
 async def list_backups(tablet: Tablet, include_incomplete: bool) -> agentdata_pb2.ListBackupsResponse:
     entries = await list_backup_entries(tablet.storage, tablet.backup_directory)
     return agentdata_pb2.ListBackupsResponse(
-        backups=[backup_info(e) for e in entries if e.complete or include_incomplete]
+        backups=[backup_info(e) for e in entries if e.complete or include_incomplete],
+        directory=tablet.backup_directory,
     )
 
 
