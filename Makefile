@@ -4,20 +4,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PROTOS := $(wildcard protos/agent/pb/*.proto)
+# Azurite (Azure Blob emulator, for the azblob tests): npm into a git-ignored folder, never globally
+AZURITE_VERSION := 3.35.0
+AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 
 .PHONY: setup system-packages run test test-unit lint proto proto-check bench clean
 
-SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz etcd etcdctl
+SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz etcd etcdctl node npm
 APT_PACKAGES := mariadb-server mariadb-backup mariadb-client zstd lz4 pigz python3-venv etcd-server etcd-client
+NODE_PACKAGES := nodejs npm
 
-setup: system-packages $(VENV)/.installed
+setup: system-packages $(VENV)/.installed $(AZURITE)
 
 system-packages:
 	@missing=$$(for t in $(SYSTEM_TOOLS); do PATH=$$PATH:/usr/sbin command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \
-	  echo "installing with apt: $(APT_PACKAGES) (missing: $$missing)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  node=$$(command -v npm >/dev/null || echo "$(NODE_PACKAGES)"); \
+	  echo "installing with apt: $(APT_PACKAGES) $$node (missing: $$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) $$node >/dev/null; \
 	fi
+
+$(AZURITE):
+	npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)

@@ -22,6 +22,7 @@ from agent.errors import ConfigError
 ENV_PREFIX = "TABLET_AGENT_"
 ALIAS_RE = re.compile(r"^(?P<cell>[A-Za-z0-9_]+)-(?P<uid>[0-9]{1,10})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 SHARD_RE = re.compile(r"^(-|[0-9a-fA-F]*-[0-9a-fA-F]*|[0-9A-Za-z_]+)$")
 
 
@@ -36,6 +37,8 @@ class TabletType(enum.StrEnum):
 class StorageKind(enum.StrEnum):
     FILE = "file"
     S3 = "s3"
+    AZBLOB = "azblob"
+    GCS = "gcs"
 
 
 class EngineName(enum.StrEnum):
@@ -49,6 +52,12 @@ class BinlogApplier(enum.StrEnum):
         "replication"  # the server's parallel replication applier, fed by a throw-away binlog server
     )
     PIPE = "pipe"  # mariadb-binlog | mariadb, one session
+
+
+class VerifyMode(enum.StrEnum):
+    OFF = "off"
+    LIGHT = "light"  # re-read every object and check its hashes
+    DEEP = "deep"  # also restore it into a scratch mysqld and check its tables
 
 
 class LogFormat(enum.StrEnum):
@@ -124,6 +133,43 @@ class AgentConfig(BaseModel):
     s3_backup_aws_min_partsize: int = Field(
         default=5 << 20, ge=5 << 20, description="minimum multipart part size"
     )
+    gcs_backup_storage_bucket: str | None = Field(
+        default=None, description="Google Cloud Storage bucket to use for backups (required with gcs)"
+    )
+    gcs_backup_storage_root: str = Field(
+        default="", description="root prefix for all backup-related object names"
+    )
+    gcs_backup_storage_endpoint: str | None = Field(
+        default=None,
+        description="GCS endpoint URL for sovereign clouds or private endpoints; an http:// URL (an emulator) "
+        "is sent no credentials",
+    )
+
+    azblob_backup_account_name: str = Field(
+        default="", description="Azure Storage account (default: env VT_AZBLOB_ACCOUNT_NAME)"
+    )
+    azblob_backup_account_key_file: Path | None = Field(
+        default=None,
+        description="file holding the account key, mode 0600 (default: the key itself in env VT_AZBLOB_ACCOUNT_KEY)",
+    )
+    azblob_backup_container_name: str | None = Field(
+        default=None, description="blob container (required with azblob; it must exist)"
+    )
+    azblob_backup_storage_root: str = Field(default="", description="blob name prefix inside the container")
+    azblob_backup_parallelism: int = Field(
+        default=4, ge=1, le=64, description="blocks uploaded at once per blob (memory: one buffer each)"
+    )
+    azblob_backup_buffer_size: int = Field(
+        default=16 << 20,
+        ge=1 << 20,
+        le=4000 << 20,
+        description="block size in bytes: the memory buffer per block when streaming a blob",
+    )
+    azblob_backup_endpoint: str | None = Field(
+        default=None,
+        description="blob service URL, e.g. Azurite's http://127.0.0.1:10000/devstoreaccount1 or a sovereign "
+        "cloud's; default https://<account>.blob.core.windows.net",
+    )
 
     # engines
     backup_engine_implementation: EngineName = EngineName.BUILTIN
@@ -157,6 +203,31 @@ class AgentConfig(BaseModel):
         default=4, ge=1, le=256, description="parallel replication workers of the replication applier"
     )
 
+    # restore safety
+    restore_in_place: bool = Field(
+        default=False,
+        description="restore into the live directories (after a full verification pass) instead of staging "
+        "beside them; for hosts without room for a second copy",
+    )
+    keep_previous_datadir: bool = Field(
+        default=False,
+        description="keep the data a staged restore replaced (.tablet-agent-previous-*) until "
+        "`tabletctl discard-previous`",
+    )
+    restore_over_existing_data: bool = Field(
+        default=False,
+        description="allow restoring onto a writable mysqld without a replication source that holds user "
+        "schemas (likely a primary started with the default type)",
+    )
+    allowed_external_decompressors: str = Field(
+        default="",
+        description="commands (separated by ';') a MANIFEST's ExternalDecompressor may name and the agent "
+        "will run; the configured --external-decompressor always may",
+    )
+    verify_after_backup: VerifyMode = Field(
+        default=VerifyMode.OFF, description="verify each new full backup: off, light or deep"
+    )
+
     # topology (optional): tablet records and shard locks in etcd
     topo_implementation: str = Field(
         default="", description="etcd2 to register in an etcd topology; empty: none"
@@ -164,9 +235,28 @@ class AgentConfig(BaseModel):
     topo_global_server_address: str = Field(default="", description="etcd client endpoints, comma-separated")
     topo_global_root: str = "/vitess/global"
     topo_lease_ttl: int = Field(
-        default=10, ge=2, le=600, description="seconds a dead agent's record survives"
+        default=10, ge=2, le=600, description="seconds a dead agent's liveness key survives"
+    )
+    topo_cell_server_address: str = Field(
+        default="", description="the cell's etcd endpoints for a new CellInfo (default: the global ones)"
+    )
+    topo_cell_root: str = Field(
+        default="", description="the cell's key prefix for a new CellInfo (default: /vitess/<cell>)"
+    )
+    topo_etcd_tls_ca: Path | None = Field(default=None, description="CA that signs etcd's server certificate")
+    topo_etcd_tls_cert: Path | None = Field(default=None, description="client certificate for etcd (mTLS)")
+    topo_etcd_tls_key: Path | None = Field(default=None, description="key of --topo_etcd_tls_cert")
+    topo_etcd_tls_server_name: str = Field(
+        default="", description="name expected in etcd's server certificate (default: the endpoint's host)"
+    )
+    topo_etcd_username: str = Field(
+        default="", description="etcd user; password from TABLET_AGENT_TOPO_ETCD_PASSWORD"
     )
     tablet_hostname: str = Field(default="", description="host name other tools reach this agent at")
+    init_db_name_override: str = Field(
+        default="",
+        description="database name recorded in the tablet record (Vitess's default: vt_<keyspace>)",
+    )
 
     # operation
     state_dir: Path | None = Field(default=None, description="agent state; default <mycnf dir>/tablet-agent")
@@ -192,6 +282,7 @@ class AgentConfig(BaseModel):
         "backup_storage_implementation",
         "backup_engine_implementation",
         "binlog_applier",
+        "verify_after_backup",
         "log_format",
         mode="before",
     )
@@ -234,6 +325,12 @@ class AgentConfig(BaseModel):
             )
         if self.backup_storage_implementation is StorageKind.S3 and not self.s3_backup_storage_bucket:
             raise ValueError("--s3_backup_storage_bucket is required with --backup_storage_implementation=s3")
+        if self.backup_storage_implementation is StorageKind.AZBLOB:
+            self._check_azblob()
+        if self.backup_storage_implementation is StorageKind.GCS and not self.gcs_backup_storage_bucket:
+            raise ValueError(
+                "--gcs_backup_storage_bucket is required with --backup_storage_implementation=gcs"
+            )
         if self.compression_engine_name == "external" and not (
             self.external_compressor and self.external_decompressor
         ):
@@ -246,6 +343,8 @@ class AgentConfig(BaseModel):
             )
         if self.topo_implementation and not self.topo_global_server_address:
             raise ValueError("--topo_implementation=etcd2 needs --topo_global_server_address (host:port,...)")
+        if (self.topo_etcd_tls_cert is None) != (self.topo_etcd_tls_key is None):
+            raise ValueError("--topo_etcd_tls_cert and --topo_etcd_tls_key must be given together")
         if (self.grpc_cert is None) != (self.grpc_key is None):
             raise ValueError("--grpc_cert and --grpc_key must be given together")
         if self.grpc_ca is not None and self.grpc_cert is None:
@@ -257,6 +356,24 @@ class AgentConfig(BaseModel):
                 "--grpc_insecure to accept plaintext"
             )
         return self
+
+    def _check_azblob(self) -> None:
+        container = self.azblob_backup_container_name
+        if not container:
+            raise ValueError(
+                "--azblob_backup_container_name is required with --backup_storage_implementation=azblob"
+            )
+        if not CONTAINER_RE.match(container):
+            raise ValueError(
+                f"invalid --azblob_backup_container_name {container!r}: Azure container names are 3-63 "
+                "lowercase letters, digits and single hyphens, starting and ending with a letter or digit"
+            )
+        endpoint = self.azblob_backup_endpoint
+        if endpoint is not None and not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", endpoint):
+            raise ValueError(
+                f"invalid --azblob_backup_endpoint {endpoint!r}: give a URL such as "
+                "https://myaccount.blob.core.usgovcloudapi.net or http://127.0.0.1:10000/devstoreaccount1"
+            )
 
     @property
     def effective_state_dir(self) -> Path:

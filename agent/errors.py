@@ -62,6 +62,12 @@ class CorruptData(DataLoss):
     """Stored bytes are not a valid (or complete) stream of their codec."""
 
 
+class ResourceExhausted(AgentError):
+    """Not enough of something (disk space) for the operation."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class StorageError(AgentError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -39,6 +39,7 @@ class Level(enum.IntEnum):
 class Kind(enum.StrEnum):
     BACKUP = "backup"
     RESTORE = "restore"
+    VERIFY = "verify"
 
 
 class Result(enum.StrEnum):
@@ -170,6 +171,7 @@ class OperationRunner:
         self._alias = tablet_alias
         self._current: Operation | None = None
         self._finished: deque[Operation] = deque(maxlen=history)
+        self._start_hooks: list[Callable[[Operation], None]] = []
         self._finish_hooks: list[Callable[[Operation], None]] = []
 
     @property
@@ -182,7 +184,13 @@ class OperationRunner:
         """Newest first."""
         return list(reversed(self._finished))
 
+    def on_start(self, hook: Callable[[Operation], None]) -> None:
+        """Call `hook` as an operation starts, before its work runs. Hooks must not block: they run on the
+        caller's path (the RPC that starts the operation)."""
+        self._start_hooks.append(hook)
+
     def on_finish(self, hook: Callable[[Operation], None]) -> None:
+        """Call `hook` when an operation has ended, whatever its result."""
         self._finish_hooks.append(hook)
 
     def start(self, kind: Kind, work: Work, *, engine: str = "", incremental: bool = False) -> Operation:
@@ -194,6 +202,11 @@ class OperationRunner:
             )
         op = Operation(kind=kind, engine=engine, incremental=incremental)
         self._current = op
+        for hook in self._start_hooks:
+            try:
+                hook(op)
+            except Exception:
+                log.exception("operation start hook failed", op=op.id)
         op._task = asyncio.create_task(self._run(op, work), name=f"{kind}-{op.id}")
         return op
 
@@ -216,7 +229,10 @@ class OperationRunner:
         finally:
             self._finished.append(op)
             for hook in self._finish_hooks:
-                hook(op)
+                try:
+                    hook(op)
+                except Exception:
+                    log.exception("operation finish hook failed", op=op.id)
 
     def get(self, op_id: str) -> Operation:
         if not op_id:

@@ -38,6 +38,8 @@ class RestoreParams:
     restore_to_timestamp: datetime | None
     dry_run: bool
     allowed_engines: tuple[str, ...]
+    in_place: bool = False  # restore into the live directories (after a verification pass)
+    over_existing_data: bool = False  # allow a writable, source-less mysqld holding user schemas
 
     @property
     def point_in_time(self) -> bool:

@@ -33,6 +33,7 @@ class Tablet:
     summary: BackupSummary
     mysqld_states: MysqldStateCache
     restored_to: str = ""  # what the last restore brought the tablet to, for Status
+    unfinished_restore: str = ""  # a restore that could not be finished or rolled back: why, for Status
     drained: bool = False  # restored to a point in time: out of serving, as Vitess's DRAINED
 
     @classmethod

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.catalog.manifest import Manifest
+from agent.catalog.manifest import Manifest, ObjectRecord
 from agent.mysql.client import MysqlClient, MysqlSession
 from agent.mysql.datafiles import FileBase
 from agent.mysql.gtid import Position
@@ -112,6 +112,12 @@ class RestoreContext:
     concurrency: int
 
 
+def stored_path(handle: BackupHandle, name: str, label: str = "") -> str:
+    """How messages name a stored object: `ks/0/<backup>/17 (t/big.ibd)`."""
+    path = f"{handle.directory}/{handle.name}/{name}"
+    return f"{path} ({label})" if label and label != name else path
+
+
 class Engine(Protocol):
     name: str
 
@@ -119,8 +125,9 @@ class Engine(Protocol):
         """Copy the tablet into `ctx.handle`. Must not write MANIFEST; must leave mysqld as it found it."""
         ...
 
-    def stored_objects(self, manifest: Manifest) -> list[str]:
-        """The object names a restore of this backup reads; all are checked before anything is touched."""
+    def stored_objects(self, manifest: Manifest) -> list[ObjectRecord]:
+        """The objects a restore of this backup reads, with what the MANIFEST records of each; all are
+        checked before anything is touched. DataLoss when the MANIFEST describes no usable layout."""
         ...
 
     def needed_tools(self, manifest: Manifest) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.aio.tasks import in_thread
 from agent.binlogs.selection import select_binlogs
-from agent.catalog.manifest import IncrementalDetails, Manifest, format_time
+from agent.catalog.manifest import IncrementalDetails, Manifest, ObjectRecord, format_time
 from agent.errors import DataLoss, FailedPrecondition
 from agent.mysql import replication
 from agent.mysql.binlog_headers import (
@@ -28,7 +28,7 @@ from agent.mysql.datafiles import DataFile, FileBase, restore_path
 from agent.mysql.gtid import Flavor, GTIDSet
 from agent.pipeline.files import FileToStore, store_files
 from engines.base import BackupContext, BackupOutcome, RestoreContext
-from engines.builtin import file_entries, restore_entries
+from engines.builtin import entry_records, file_entries, restore_entries
 
 MANIFEST_METHOD = "builtin"
 
@@ -84,7 +84,7 @@ class BinlogEngine:
             position=str(selection.to_position),
             purged_position=str(purged),
             server_uuid=info.server_uuid,
-            mysql_version=info.version,
+            mysql_version=info.vitess_version,
             manifest_fields={
                 "BackupMethod": MANIFEST_METHOD,
                 "Incremental": True,
@@ -95,8 +95,8 @@ class BinlogEngine:
             },
         )
 
-    def stored_objects(self, manifest: Manifest) -> list[str]:
-        return [str(i) for i in range(len(manifest.file_entries or []))]
+    def stored_objects(self, manifest: Manifest) -> list[ObjectRecord]:
+        return entry_records(manifest)
 
     def needed_tools(self, manifest: Manifest) -> list[str]:
         return []

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.aio.tasks import complete, in_thread
-from agent.catalog.manifest import FileEntry, Manifest
+from agent.catalog.manifest import FileEntry, Manifest, ObjectRecord
 from agent.mysql import replication
 from agent.mysql.datafiles import DataFile, find_files_to_backup, restore_path
 from agent.pipeline.digests import StoredFile
 from agent.pipeline.files import FileToRestore, FileToStore, restore_files, store_files
 from agent.statedir.crash_records import OfflineRecord, clear_offline_record, write_offline_record
-from engines.base import BackupContext, BackupOutcome, RestoreContext
+from engines.base import BackupContext, BackupOutcome, RestoreContext, stored_path
 
 
 class BuiltinEngine:
@@ -65,7 +65,7 @@ class BuiltinEngine:
             position=str(position),
             purged_position=str(purged),
             server_uuid=info.server_uuid,
-            mysql_version=info.version,
+            mysql_version=info.vitess_version,
             manifest_fields={"FileEntries": file_entries(files, stored)},
         )
 
@@ -79,14 +79,22 @@ class BuiltinEngine:
         await in_thread(clear_offline_record, ctx.state_dir)
         ctx.op.info("mysqld is running and replication is as before the backup")
 
-    def stored_objects(self, manifest: Manifest) -> list[str]:
-        return [str(i) for i in range(len(manifest.file_entries or []))]
+    def stored_objects(self, manifest: Manifest) -> list[ObjectRecord]:
+        return entry_records(manifest)
 
     def needed_tools(self, manifest: Manifest) -> list[str]:
         return []
 
     async def restore(self, ctx: RestoreContext) -> None:
         await restore_entries(ctx)
+
+
+def entry_records(manifest: Manifest) -> list[ObjectRecord]:
+    """FileEntry `i` is object `"<i>"`."""
+    return [
+        ObjectRecord(str(i), fe.name, fe.size, fe.stored_size, fe.hash or None, fe.sha256)
+        for i, fe in enumerate(manifest.file_entries or [])
+    ]
 
 
 def file_entries(files: Sequence[DataFile], stored: Sequence[StoredFile]) -> list[FileEntry]:
@@ -110,6 +118,7 @@ async def restore_entries(ctx: RestoreContext) -> None:
         FileToRestore(
             object_name=str(i),
             name=fe.name,
+            where=stored_path(ctx.handle, str(i), fe.name),
             path=restore_path(dirs, fe.base, fe.parent_path, fe.name),
             size=fe.size,
             crc32_hex=fe.hash or None,

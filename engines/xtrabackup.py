@@ -22,7 +22,7 @@ from agent.aio.localfiles import FileChunks
 from agent.aio.pipes import grow_pipe, stop_first_on_cancel
 from agent.aio.procs import ExecError, ProcessError, format_argv, spawn
 from agent.aio.tasks import complete, in_thread
-from agent.catalog.manifest import AgentInfo, Manifest, StoredObject
+from agent.catalog.manifest import AgentInfo, Manifest, ObjectRecord, StoredObject
 from agent.config import AgentConfig
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument
 from agent.mysql import replication
@@ -112,8 +112,9 @@ class XtrabackupEngine:
             position=position,
             purged_position=str(await replication.purged_position(ctx.client, info.flavor)),
             server_uuid=info.server_uuid,
-            mysql_version=info.version,
+            mysql_version=info.vitess_version,
             manifest_fields={
+                "UpgradeSafe": True,  # as Vitess writes it for xtrabackup
                 "FileName": run.layout.file_name,
                 "ExtraCommandLineParams": config.xtrabackup_backup_flags,
                 "StreamMode": str(run.layout.stream_mode),
@@ -174,10 +175,14 @@ class XtrabackupEngine:
         output.check_completed(proc.argv, proc.stderr_tail)
         return output, stored
 
-    def stored_objects(self, manifest: Manifest) -> list[str]:
-        layout = layout_of(manifest)
-        object_records(manifest, layout)
-        return layout.object_names
+    def stored_objects(self, manifest: Manifest) -> list[ObjectRecord]:
+        records = object_records(manifest, layout_of(manifest))
+        return [
+            ObjectRecord(name, name)
+            if r is None
+            else ObjectRecord(name, name, r.size, r.stored_size, r.crc32, r.sha256)
+            for name, r in records.items()
+        ]
 
     def needed_tools(self, manifest: Manifest) -> list[str]:
         tools = find_tools(self.config, layout_of(manifest).stream_mode)

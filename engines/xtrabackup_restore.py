@@ -28,7 +28,7 @@ from agent.operations import Operation
 from agent.pipeline.compression import Codec
 from agent.pipeline.load import DecodedStream, unstripe
 from agent.pipeline.progress import FileProgress
-from engines.base import RestoreContext, RestoreTargets
+from engines.base import RestoreContext, RestoreTargets, stored_path
 from engines.xtrabackup_layout import Layout, layout_of, object_records
 from engines.xtrabackup_tool import (
     ToolOutput,
@@ -109,7 +109,7 @@ async def _extract(
             codec,
             expected_crc32_hex=r.crc32 if (r := records[n]) else None,
             expected_sha256_hex=r.sha256 if r else None,
-            name=n,
+            name=stored_path(handle, n),
         )
         for n in names
     ]

@@ -31,15 +31,17 @@ class CertificateAuthority:
         self.path = directory / f"{name}.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, *, server: bool = False) -> tuple[Path, Path]:
-        """(cert path, key path) for `cn`; server certs carry 127.0.0.1 and localhost as SANs."""
+    def issue(self, cn: str, *, server: bool = False, common_name: bool = True) -> tuple[Path, Path]:
+        """(cert path, key path) for `cn`; server certs carry 127.0.0.1 and localhost as SANs. Without
+        `common_name`, `cn` is only a SAN (the subject is empty)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(cn)]
         if server:
             sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
         cert = (
-            x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
+            x509.CertificateBuilder().subject_name(_name(cn) if common_name else x509.Name([]))
+            .issuer_name(self.cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)

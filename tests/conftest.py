@@ -1,5 +1,6 @@
-"""Shared fixtures: real MariaDB sandboxes (see tests/sandbox.py), always stopped at teardown, and a real
-S3-compatible server (tests/s3server.py)."""
+"""Shared fixtures: real MariaDB sandboxes (see tests/sandbox.py), always stopped at teardown, a real
+S3-compatible server (tests/s3server.py), a real Azure Blob service (tests/azuriteserver.py) and a local
+Google Cloud Storage (tests/gcsserver.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import azuriteserver
+from tests.azuriteserver import AzuriteServer
+from tests.gcsserver import GcsServer
 from tests.s3server import S3Server
 from tests.sandbox import Sandbox, SandboxFactory, find_program
 
@@ -80,4 +84,44 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server) -> str:
     name = f"backups-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azurite's blob service on 127.0.0.1 for the session (tests use their own containers)."""
+    if not azuriteserver.installed():
+        pytest.skip(azuriteserver.MISSING)
+    pytest.importorskip(
+        "azure.storage.blob", reason="azure-storage-blob is a dev dependency: pip install -e '.[dev]'"
+    )
+    server = AzuriteServer(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    """gcp-storage-emulator on 127.0.0.1 for the session (tests use their own buckets)."""
+    pytest.importorskip(
+        "gcp_storage_emulator", reason="gcp-storage-emulator is a dev dependency: pip install -e '.[dev]'"
+    )
+    server = GcsServer(tmp_path_factory.mktemp("gcs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def azure_container(azurite: AzuriteServer) -> str:
+    return azurite.new_container()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: GcsServer) -> str:
+    name = f"backups-{uuid.uuid4().hex[:12]}"
+    gcs_server.create_bucket(name)
     return name

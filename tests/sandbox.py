@@ -74,6 +74,7 @@ class Sandbox:
         self.binlog = root / "binlog"
         self.process: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True, exist_ok=True)
+        (root / "tmp").mkdir(exist_ok=True)
         self.cnf.write_text(self._option_file(extra_options))
 
     def __repr__(self) -> str:
@@ -86,6 +87,7 @@ class Sandbox:
             f"socket={self.socket}",
             f"pid-file={self.pid_file}",
             f"log-error={self.error_log}",
+            f"tmpdir={self.root / 'tmp'}",  # private: concurrent bootstraps clash on temporary tables in /tmp
             f"port={self.port}",
             "bind-address=127.0.0.1",
             f"server_id={self.server_id}",

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from agent.aio.procs import ProcessError, spawn
 from agent.aio.tasks import in_thread
-from agent.binlogs.server import binlog_server
+from agent.binlogs.server import INSTALL_DB, SERVER, SERVER_TOOLS_MISSING, binlog_server
 from agent.config import BinlogApplier
 from agent.errors import AgentError, DataLoss, FailedPrecondition
 from agent.mysql import replication
@@ -118,14 +118,27 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+PIPE_TOOLS_MISSING = "replaying binlogs needs mariadb-binlog (mysqlbinlog) and the mariadb (mysql) client: install mariadb-client"
+
+
+def check_applier_tools(setting: BinlogApplier) -> None:
+    """FailedPrecondition naming the fix when the programs a replay with `setting` runs are missing."""
+    if setting is BinlogApplier.REPLICATION:
+        find_program(INSTALL_DB, SERVER_TOOLS_MISSING)
+        find_program(SERVER, SERVER_TOOLS_MISSING)
+        return
+    find_program(BINLOG_TOOLS, PIPE_TOOLS_MISSING)  # the pipe is auto's fallback
+    find_program(CLIENT_TOOLS, PIPE_TOOLS_MISSING)
+
+
 class PipeApplier:
     name = "pipe"
 
     async def apply(
         self, client: MysqlClient, op: Operation, start: Position, steps: Sequence[ReplayStep], workdir: Path
     ) -> None:
-        missing = "replaying binlogs needs mariadb-binlog (mysqlbinlog) and the mariadb (mysql) client: install mariadb-client"
-        decoder, mariadb = find_program(BINLOG_TOOLS, missing), find_program(CLIENT_TOOLS, missing)
+        decoder = find_program(BINLOG_TOOLS, PIPE_TOOLS_MISSING)
+        mariadb = find_program(CLIENT_TOOLS, PIPE_TOOLS_MISSING)
         options = workdir / "client.cnf"
         await in_thread(_write_private, options, _client_options(client.credentials))
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.aio.procs import Process, describe_exit, run, spawn
+from agent.aio.procs import Process, ProcessError, describe_exit, run, spawn
 from agent.aio.tasks import in_thread
 from agent.errors import AgentError
 from agent.mysql.mysqld import find_program
@@ -31,6 +31,10 @@ SERVER = ("mariadbd", "mysqld")
 START_TIMEOUT = 60.0
 SERVER_ID = 4_294_967_000  # far from the server ids fleets use
 USER = "tablet_agent_pitr"
+SERVER_TOOLS_MISSING = (
+    "the replication applier needs mariadbd and mariadb-install-db: install mariadb-server or use "
+    "--binlog_applier=pipe"
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ def _options(root: Path, sock: Path, port: int, binlogs: bool) -> str:
         f"socket={sock}",  # short: a socket path has at most 107 bytes
         f"pid-file={root / 'server.pid'}",
         f"log-error={root / 'error.log'}",
+        f"tmpdir={root / 'tmp'}",  # private: concurrent bootstraps clash on temporary tables in /tmp
         f"port={port}",
         "bind-address=127.0.0.1",
         f"server_id={SERVER_ID}",
@@ -77,6 +82,7 @@ def _options(root: Path, sock: Path, port: int, binlogs: bool) -> str:
 def _fresh_root(root: Path, options: str) -> None:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(mode=0o700, parents=True)
+    (root / "tmp").mkdir(mode=0o700)
     (root / "my.cnf").write_text(options)
 
 
@@ -110,23 +116,26 @@ def _error_log_tail(root: Path, lines: int = 8) -> str:
 @contextlib.asynccontextmanager
 async def binlog_server(root: Path, files: Sequence[Path], op: Operation) -> AsyncIterator[BinlogSource]:
     """Serve `files` (oldest first; they are moved into `root`) for the duration of the block."""
-    missing = "the replication applier needs mariadbd and mariadb-install-db: install mariadb-server or use --binlog_applier=pipe"
-    install_db, server = find_program(INSTALL_DB, missing), find_program(SERVER, missing)
+    install_db = find_program(INSTALL_DB, SERVER_TOOLS_MISSING)
+    server = find_program(SERVER, SERVER_TOOLS_MISSING)
     port, password = _free_port(), secrets.token_hex(16)
     cnf = root / "my.cnf"
     sock_dir = Path(await in_thread(tempfile.mkdtemp, "", "tablet-agent-"))
     sock = sock_dir / "binlog-server.sock"
     try:
         await in_thread(_fresh_root, root, _options(root, sock, port, binlogs=False))
-        await run(
-            [
-                install_db,
-                f"--defaults-file={cnf}",
-                "--auth-root-authentication-method=socket",
-                "--skip-test-db",
-            ],
-            on_stderr_line=lambda _line: None,
-        )
+        try:
+            await run(
+                [
+                    install_db,
+                    f"--defaults-file={cnf}",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                ],
+                on_stderr_line=lambda _line: None,
+            )
+        except ProcessError as e:
+            raise AgentError(f"{e}: {_error_log_tail(root)}") from None
         await in_thread(_prepare, root, files, password, _options(root, sock, port, binlogs=True))
         async with spawn([server, f"--defaults-file={cnf}"], check=False) as proc:
             await _wait_listening(port, proc, root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -80,6 +81,19 @@ class StoredObject(_Model):
     stored_size: int = Field(alias="StoredSize")
     crc32: str = Field(alias="Crc32")
     sha256: str = Field(alias="Sha256")
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """What a MANIFEST says of one stored object. Only the name is certain: Vitess's MANIFESTs keep a
+    CRC-32 per builtin file and nothing per xtrabackup object; ours keep sizes and hashes of all."""
+
+    name: str  # the object's name in the backup
+    label: str  # how messages call it: the file it holds, or the object name
+    size: int | None = None  # original bytes
+    stored_size: int | None = None  # bytes as stored
+    crc32: str | None = None  # of the stored bytes
+    sha256: str | None = None  # of the original bytes
 
 
 class AgentInfo(_Model):

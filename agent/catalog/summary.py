@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import structlog
 
 from agent.catalog.listing import BackupEntry, list_backup_entries
+from agent.catalog.verification import Verification, read_verification
 from agent.errors import AgentError
 from agent.storage.base import BackupStorage
 
@@ -28,6 +30,7 @@ class Newest:
     incremental: BackupEntry | None
     listed_at: float  # time.time() of the listing; 0: never listed
     error: str = ""  # why the last listing failed
+    full_verification: Verification | None = None  # the newest full backup's last verification
 
 
 def newest_complete(entries: list[BackupEntry]) -> Newest:
@@ -73,7 +76,15 @@ class BackupSummary:
                 log.warning("listing backups for Status failed", error=str(e))
                 self.newest = Newest(self.newest.full, self.newest.incremental, self.newest.listed_at, str(e))
             else:
-                self.newest = newest_complete(entries)
+                newest = newest_complete(entries)
+                if newest.full is not None:
+                    try:
+                        verification = await read_verification(newest.full.handle)
+                    except (AgentError, OSError) as e:
+                        log.warning("reading the newest backup's verification failed", error=str(e))
+                    else:
+                        newest = dataclasses.replace(newest, full_verification=verification)
+                self.newest = newest
             if not self._again:
                 return
 

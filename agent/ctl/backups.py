@@ -91,6 +91,13 @@ def chain_rows(backups: Sequence[Info]) -> list[Row]:
     return ordered
 
 
+def verification_text(b: Info) -> str:
+    """`ok (deep)`, `failed (light)`; `-` when never verified (or the agent does not say)."""
+    if not b.verification:
+        return "-"
+    return f"{b.verification} ({b.verification_depth})" if b.verification_depth else b.verification
+
+
 def _cells(row: Row, now: datetime) -> list[str]:
     b = row.info
     started, finished = pb_time(b.backup_time), pb_time(b.finished_time)
@@ -108,7 +115,7 @@ def _cells(row: Row, now: datetime) -> list[str]:
         human_age(started, now) if started else "-",
         human_duration((finished - started).total_seconds()) if started and finished else "-",
         "complete" if b.complete else "incomplete",
-        b.verification or "-",
+        verification_text(b),
         b.position or "-",
     ]
 
@@ -163,6 +170,9 @@ def as_json(backups: Sequence[Info], directory: str) -> dict[str, Any]:
                 "tablet_alias": b.tablet_alias or None,
                 "compression_engine": b.compression_engine or None,
                 "verification": b.verification or None,
+                "verification_depth": b.verification_depth or None,
+                "verified_time": rfc3339(pb_time(b.verified_time)),
+                "verification_problems": list(b.verification_problems),
             }
         )
     return {"directory": directory, "backups": out}

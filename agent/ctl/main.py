@@ -23,7 +23,7 @@ from agent.ctl import backups as listing
 from agent.ctl.progress import follow
 from agent.ctl.render import Console, pb_time, print_event, render_status
 from agent.ctl.shard import choose, render_tablets, survey
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.pb import (
     agentdata_pb2,
     logutil_pb2,
@@ -31,7 +31,7 @@ from agent.pb import (
     tabletmanagerservice_pb2_grpc,
     vttime_pb2,
 )
-from agent.topo.etcd import EtcdClient
+from agent.topo.etcd import PASSWORD_ENV, EtcdClient, EtcdSettings
 from agent.topo.locks import shard_lock
 from agent.topo.tablets import list_tablets
 
@@ -57,6 +57,7 @@ environment:
   TABLETCTL_TOKEN        bearer token sent with every call (a token of the agent's --grpc_auth_token_file);
                          read from the environment only, so it never shows in `ps`
   TABLETCTL_TOPO_SERVER  etcd endpoints for `tablets` and `backup-shard` when --topo-server is not given
+  TABLET_AGENT_TOPO_ETCD_PASSWORD  etcd password for --topo-etcd-username (as the agent's)
 
 times (--backup_timestamp, --restore_to_timestamp):
   RFC 3339 (2026-11-23T18:45:00Z, 2026-11-23T20:45:00+02:00; without an offset: UTC), or a backup's
@@ -359,6 +360,41 @@ def make_parser(environ: Mapping[str, str] | None = None) -> CtlParser:
             "--topo_global_root",
             default="/vitess/global",
             help="the topology's key prefix in etcd",
+        )
+        t.add_argument(
+            "--topo-etcd-tls-ca",
+            "--topo_etcd_tls_ca",
+            type=Path,
+            metavar="FILE",
+            help="CA of etcd's server certificate; enables TLS to etcd (default: plaintext)",
+        )
+        t.add_argument(
+            "--topo-etcd-tls-cert",
+            "--topo_etcd_tls_cert",
+            type=Path,
+            metavar="FILE",
+            help="client certificate for etcd (with --topo-etcd-tls-key)",
+        )
+        t.add_argument(
+            "--topo-etcd-tls-key",
+            "--topo_etcd_tls_key",
+            type=Path,
+            metavar="FILE",
+            help="the etcd client certificate's key",
+        )
+        t.add_argument(
+            "--topo-etcd-tls-server-name",
+            "--topo_etcd_tls_server_name",
+            default="",
+            metavar="NAME",
+            help="name expected in etcd's certificate (default: the endpoint's host)",
+        )
+        t.add_argument(
+            "--topo-etcd-username",
+            "--topo_etcd_username",
+            default="",
+            metavar="USER",
+            help=f"etcd user; the password comes from {PASSWORD_ENV} (default: no authentication)",
         )
         if name == "backup-shard":
             t.add_argument(
@@ -675,7 +711,21 @@ async def run_shard(args: argparse.Namespace, interceptors: list[Any] | None) ->
     endpoints = [e.strip() for e in args.topo_server.split(",") if e.strip()]
     if not endpoints:
         raise UsageError("give --topo-server host:port (or set TABLETCTL_TOPO_SERVER)")
-    async with EtcdClient(endpoints) as topo:
+    if (args.topo_etcd_tls_cert is None) != (args.topo_etcd_tls_key is None):
+        raise UsageError("give --topo-etcd-tls-cert and --topo-etcd-tls-key together")
+    settings = EtcdSettings(
+        tls_ca=args.topo_etcd_tls_ca,
+        tls_cert=args.topo_etcd_tls_cert,
+        tls_key=args.topo_etcd_tls_key,
+        tls_server_name=args.topo_etcd_tls_server_name,
+        username=args.topo_etcd_username,
+        password=os.environ.get(PASSWORD_ENV, ""),
+    )
+    try:
+        topo = EtcdClient(endpoints, settings)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    async with topo:
         if args.command == "tablets":
             records = await list_tablets(topo, args.topo_root, keyspace, shard)
             print(

@@ -12,10 +12,11 @@ import grpc
 
 from agent.errors import FailedPrecondition
 from agent.pb import agentdata_pb2, tabletmanagerservice_pb2_grpc, topodata_pb2
-from agent.topo.tablets import record_address, record_alias
+from agent.topo.tablets import TabletEntry, record_address
 
 BACKUP_TYPES = ("REPLICA", "RDONLY", "SPARE")
 STATUS_TIMEOUT = 5.0
+NOT_ALIVE = "not alive: no running tablet-agent holds its liveness key (stopped, crashed, or not an agent)"
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,16 @@ def choose(candidates: Sequence[Candidate], allow_primary: bool, shard: str) -> 
 
 
 async def survey(
-    records: Sequence[topodata_pb2.Tablet], open_channel: Callable[[str], grpc.aio.Channel]
+    entries: Sequence[TabletEntry], open_channel: Callable[[str], grpc.aio.Channel]
 ) -> list[Candidate]:
-    """Ask every tablet's agent for its Status, concurrently."""
+    """Ask every live tablet's agent for its Status, concurrently; a tablet whose agent holds no
+    liveness key (stopped, crashed, or not run by an agent) is not dialled."""
 
-    async def one(record: topodata_pb2.Tablet) -> Candidate:
-        alias, address = record_alias(record), record_address(record)
+    async def one(entry: TabletEntry) -> Candidate:
+        alias, address = entry.alias, record_address(entry.record)
+        if not entry.alive:
+            kind = topodata_pb2.TabletType.Name(entry.record.type)
+            return Candidate(alias, address, kind, -1, NOT_ALIVE)
         try:
             async with open_channel(address) as channel:
                 stub: Any = _stub(channel)
@@ -91,7 +96,7 @@ async def survey(
             return judge(alias, address, None, f"{e.code().name}: {e.details()}")
         return judge(alias, address, status, "")
 
-    return list(await asyncio.gather(*(one(r) for r in records)))
+    return list(await asyncio.gather(*(one(e) for e in entries)))
 
 
 def _stub(channel: grpc.aio.Channel) -> Any:

@@ -9,7 +9,11 @@ from agent.pb import agentdata_pb2, logutil_pb2, vttime_pb2
 
 EventPb = logutil_pb2.Event
 
-_KINDS = {Kind.BACKUP: agentdata_pb2.BACKUP, Kind.RESTORE: agentdata_pb2.RESTORE}
+_KINDS = {
+    Kind.BACKUP: agentdata_pb2.BACKUP,
+    Kind.RESTORE: agentdata_pb2.RESTORE,
+    Kind.VERIFY: agentdata_pb2.VERIFY,
+}
 _RESULTS = {
     Result.RUNNING: agentdata_pb2.RUNNING,
     Result.SUCCEEDED: agentdata_pb2.SUCCEEDED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -24,11 +25,13 @@ from agent.daemon.server import AgentServer
 from agent.daemon.servicer import TabletManagerServicer
 from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
+from agent.operations import Operation
 from agent.ops.startup import prepare_tablet
+from agent.ops.tablet_type import current_type
 from agent.tablet import Tablet
 
 if TYPE_CHECKING:
-    from agent.topo.tablets import Registration
+    from agent.topo.tablets import MysqldFacts, Registration
 
 EXIT_CONFIG = 2
 PENDING_BINLOGS_INTERVAL = 60.0
@@ -88,8 +91,22 @@ def make_parser() -> FlagParser:
     return parser
 
 
+SECRET_FLAGS = {
+    "topo_etcd_password": "TABLET_AGENT_TOPO_ETCD_PASSWORD",
+    "db_password": "TABLET_AGENT_DB_PASSWORD",
+}
+
+
 def parse_config(argv: Sequence[str]) -> AgentConfig:
-    args: dict[str, Any] = vars(make_parser().parse_args(normalize_argv(argv)))
+    argv = normalize_argv(argv)
+    for arg in argv:
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
+        if name in SECRET_FLAGS:
+            raise ConfigError(
+                f"--{name}: passwords are never taken from flags (they show in `ps`): set {SECRET_FLAGS[name]} "
+                "in the agent's environment instead"
+            )
+    args: dict[str, Any] = vars(make_parser().parse_args(argv))
     config_file = args.pop("config", None)
     return build_config(args, config_file=config_file)
 
@@ -108,7 +125,7 @@ async def serve(config: AgentConfig) -> int:
         address=f"{config.grpc_bind_address}:{port}",
         version=AGENT_VERSION,
     )
-    metrics = AgentMetrics(tablet.runner)
+    metrics = AgentMetrics(tablet.runner, tablet.summary)
     if config.metrics_port:
         metrics_port = metrics.serve(config.metrics_bind_address, config.metrics_port)
         log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
@@ -129,14 +146,14 @@ async def serve(config: AgentConfig) -> int:
 
     log.info("stopping", grace=config.grpc_shutdown_grace)
     notifier.notify("STOPPING=1")
-    if registration is not None:
-        await registration.stop()
     watchdog.cancel()
     for task in background:
         task.cancel()
     metrics.stop()
     stopping = asyncio.create_task(server.stop(config.grpc_shutdown_grace))
     await tablet.runner.shutdown(config.grpc_shutdown_grace)
+    if registration is not None:  # after the operation ended: the record keeps the type it left
+        await registration.stop()
     await stopping
     await tablet.storage.close()
     with contextlib.suppress(asyncio.CancelledError):
@@ -146,21 +163,88 @@ async def serve(config: AgentConfig) -> int:
 
 
 async def register(tablet: Tablet, port: int) -> Registration | None:
-    """Put this tablet's record in the topology, when one is configured."""
+    """Put this tablet in the topology, when one is configured, and keep its type following the
+    operations (BACKUP/RESTORE while they run, then the configured type, DRAINED after a point in time)."""
     config = tablet.config
     if not config.topo_implementation:
         return None
     # Imported here: agents without a topology do not load the HTTP client.
-    from agent.topo.etcd import EtcdClient
-    from agent.topo.tablets import Registration, tablet_record
+    from agent.topo.etcd import PASSWORD_ENV, EtcdClient, EtcdSettings, split_endpoints
+    from agent.topo.layout import default_cell_root, resolve_cell
+    from agent.topo.tablets import Registration, tablet_record, type_during
 
-    endpoints = [e.strip() for e in config.topo_global_server_address.split(",") if e.strip()]
-    record = tablet_record(config, port, AGENT_VERSION, time.time())
-    registration = Registration(
-        EtcdClient(endpoints), config.topo_global_root, tablet.alias, record, config.topo_lease_ttl
+    settings = EtcdSettings(
+        tls_ca=config.topo_etcd_tls_ca,
+        tls_cert=config.topo_etcd_tls_cert,
+        tls_key=config.topo_etcd_tls_key,
+        tls_server_name=config.topo_etcd_tls_server_name,
+        username=config.topo_etcd_username,
+        password=os.environ.get(PASSWORD_ENV, ""),
     )
-    await registration.start()
+    global_client = EtcdClient(split_endpoints(config.topo_global_server_address), settings)
+    cell_client = global_client
+    cell_name = tablet.alias.rpartition("-")[0]
+    try:
+        cell = await resolve_cell(
+            global_client,
+            config.topo_global_root,
+            cell_name,
+            server_address=config.topo_cell_server_address or config.topo_global_server_address,
+            root=config.topo_cell_root or default_cell_root(config.topo_global_root, cell_name),
+            explicit=bool(config.topo_cell_server_address or config.topo_cell_root),
+        )
+        cell_client = (
+            global_client
+            if global_client.serves(cell.server_address)
+            else EtcdClient(split_endpoints(cell.server_address), settings)
+        )
+        creds = tablet.credentials
+        record = tablet_record(
+            config,
+            port,
+            AGENT_VERSION,
+            time.time(),
+            mysql_host=None if creds.uses_socket else (creds.host or "localhost"),
+            mysql_port=creds.port,
+        )
+        registration = Registration(
+            global_client,
+            config.topo_global_root,
+            cell,
+            cell_client,
+            record,
+            config.topo_lease_ttl,
+            probe=lambda: mysqld_facts(tablet),
+        )
+        await registration.start()
+    except BaseException:
+        await cell_client.close()
+        await global_client.close()
+        raise
+
+    def started(op: Operation) -> None:
+        if (during := type_during(op)) is not None:
+            registration.set_type(during)
+
+    def finished(_op: Operation) -> None:
+        registration.set_type(current_type(tablet))
+
+    tablet.runner.on_start(started)
+    tablet.runner.on_finish(finished)
     return registration
+
+
+async def mysqld_facts(tablet: Tablet) -> MysqldFacts:
+    """mysqld's port and the ID of its default utf8mb4 collation, for the tablet record."""
+    from agent.topo.tablets import MysqldFacts
+
+    row = await tablet.client.query_one(
+        "SELECT @@port AS port, (SELECT ID FROM information_schema.COLLATIONS "
+        "WHERE CHARACTER_SET_NAME = 'utf8mb4' AND IS_DEFAULT = 'Yes') AS collation"
+    )
+    if row is None:
+        raise AgentError("mysqld returned no row for @@port")
+    return MysqldFacts(port=int(row["port"] or 0), collation=int(row["collation"] or 0))
 
 
 async def track_pending_binlogs(tablet: Tablet, metrics: AgentMetrics) -> None:

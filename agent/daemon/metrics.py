@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.catalog.summary import BackupSummary
 from agent.errors import ConfigError
 from agent.operations import Kind, Operation, OperationRunner, Result
 
@@ -33,6 +34,13 @@ class _Current(Collector):
         for kind in Kind:
             running.add_metric([kind.value], 1.0 if current is not None and current.kind is kind else 0.0)
         yield running
+        verification = self._m.summary.newest.full_verification if self._m.summary is not None else None
+        if verification is not None and verification.ok:
+            yield GaugeMetricFamily(
+                "tablet_agent_backup_verified_timestamp_seconds",
+                "when the newest full backup last passed verification",
+                value=verification.verified_at.timestamp(),
+            )
         if self._m.binlog_files_pending is not None:
             yield GaugeMetricFamily(
                 "tablet_agent_binlog_files_pending",
@@ -42,8 +50,9 @@ class _Current(Collector):
 
 
 class AgentMetrics:
-    def __init__(self, runner: OperationRunner) -> None:
+    def __init__(self, runner: OperationRunner, summary: BackupSummary | None = None) -> None:
         self.runner = runner
+        self.summary = summary
         self.registry = CollectorRegistry()
         self.binlog_files_pending: int | None = None
         r = self.registry

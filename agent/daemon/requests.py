@@ -112,4 +112,6 @@ def restore_params(req: tabletmanagerdata_pb2.RestoreFromBackupRequest) -> Resto
         restore_to_timestamp=to_ts,
         dry_run=req.dry_run,
         allowed_engines=allowed,
+        in_place=req.restore_in_place,
+        over_existing_data=req.restore_over_existing_data,
     )

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from agent.catalog.verification import Depth
 from agent.daemon import convert
 from agent.daemon.requests import backup_params, restore_params
 from agent.daemon.views.backups import list_backups, remove_backup
@@ -19,7 +20,8 @@ from agent.errors import AgentError
 from agent.log import get_logger
 from agent.operations import Operation, error_status
 from agent.ops.backup import start_backup
-from agent.ops.restore import start_restore
+from agent.ops.restore import discard_previous, start_restore
+from agent.ops.verify import start_verify
 from agent.pb import agentdata_pb2, tabletmanagerdata_pb2, tabletmanagerservice_pb2_grpc
 from agent.tablet import Tablet
 
@@ -113,6 +115,22 @@ class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer)
             return agentdata_pb2.CancelOperationResponse(operation=convert.operation_to_pb(op))
 
         return await _call(context, cancel)
+
+    async def VerifyBackup(
+        self, request: agentdata_pb2.VerifyBackupRequest, context: Ctx
+    ) -> AsyncIterator[agentdata_pb2.VerifyBackupResponse]:
+        depth = Depth.DEEP if request.deep else Depth.LIGHT
+        op = await _call(context, lambda: start_verify(self.tablet, list(request.names), request.all, depth))
+        async for event in self._follow(op, context, request.cancel_on_disconnect):
+            yield agentdata_pb2.VerifyBackupResponse(event=event)
+
+    async def DiscardPrevious(
+        self, request: agentdata_pb2.DiscardPreviousRequest, context: Ctx
+    ) -> agentdata_pb2.DiscardPreviousResponse:
+        async def discard() -> agentdata_pb2.DiscardPreviousResponse:
+            return agentdata_pb2.DiscardPreviousResponse(removed=await discard_previous(self.tablet))
+
+        return await _call(context, discard)
 
     async def WatchOperation(
         self, request: agentdata_pb2.WatchOperationRequest, context: Ctx

@@ -169,12 +169,11 @@ def clear_binlogs(cnf: MyCnf) -> None:
                 entry.unlink()
 
 
-def write_binlog_state(cnf: MyCnf, gtids: MariaDBGTIDSet) -> None:
-    """Give a cleared MariaDB its binlog GTID state before it starts: `<log_bin>.state`, one GTID per line,
-    is what the server reads at start-up when it has no binlog (the same as `SET GLOBAL
-    gtid_binlog_state` afterwards, which waits up to a second for the first binlog checkpoint)."""
-    if cnf.log_bin is None:
-        return
-    path = cnf.log_bin.parent / f"{cnf.log_bin.name}.state"
+def write_binlog_state(directory: Path, log_bin_name: str, gtids: MariaDBGTIDSet) -> None:
+    """Give a cleared MariaDB its binlog GTID state before it starts: `<log_bin>.state` in the binlog
+    `directory`, one GTID per line, is what the server reads at start-up when it has no binlog (the same
+    as `SET GLOBAL gtid_binlog_state` afterwards, which waits up to a second for the first binlog
+    checkpoint)."""
+    path = directory / f"{log_bin_name}.state"
     path.write_text("".join(f"{gtid}\n" for gtid in gtids))
     path.chmod(0o640)

@@ -31,6 +31,7 @@ POLL_INTERVAL = 0.15
 ERROR_LOG_LINES = 20
 SERVER_PROGRAMS = ("mariadbd", "mysqld")
 SBIN = Path("/usr/sbin")
+READ_ONLY_ENV = "TABLET_AGENT_MYSQLD_READ_ONLY"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class ServerInfo:
     version_comment: str
     server_uuid: str  # MariaDB: @@server_uid (a base64 hash), "" where absent
     server_id: int
+
+    @property
+    def vitess_version(self) -> str:
+        """The version as Vitess's version query prints it (`Ver <version> <comment>`), which is how its
+        MANIFESTs record `MySQLVersion` and what it parses with `Ver ([0-9]+)\\.([0-9]+)\\.([0-9]+)`."""
+        return f"Ver {self.version} {self.version_comment}".rstrip()
 
 
 class Mysqld:
@@ -54,10 +61,17 @@ class Mysqld:
         """Whether mysqld answers on its socket/port."""
         return await self.client.ping()
 
-    async def start(self, timeout: float) -> None:
+    async def start(self, timeout: float, read_only: bool = False) -> None:
         """Start mysqld unless it already answers, and wait until it does. A mysqld whose process
-        is alive but does not answer yet (crash recovery) is waited for, not started twice."""
+        is alive but does not answer yet (crash recovery) is waited for, not started twice.
+
+        `read_only`: the server must not take a write before the caller has decided (a restore not yet
+        settled): mysqld started by the agent gets `--read-only --skip-slave-start`; one started by
+        `--mysqld_start_command` is made read-only as soon as it answers (the command sees
+        `TABLET_AGENT_MYSQLD_READ_ONLY=1` in its environment, for wrappers that can pass it on)."""
         if await self.is_running():
+            if read_only:
+                await self._force_read_only()
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -72,10 +86,16 @@ class Mysqld:
                 )
             await asyncio.sleep(POLL_INTERVAL)
         if self.start_command:
-            await self._run_start_command(self.start_command, timeout)
+            await self._run_start_command(self.start_command, timeout, read_only)
             await self._wait_ready(deadline, None)
         else:
-            await self._wait_ready(deadline, self._spawn_detached())
+            await self._wait_ready(deadline, self._spawn_detached(read_only))
+        if read_only:
+            await self._force_read_only()
+
+    async def _force_read_only(self) -> None:
+        async with self.client.connection() as s:
+            await s.execute("SET GLOBAL read_only = 1")
 
     async def wait_ready(self, timeout: float) -> None:
         """Poll until mysqld answers; DeadlineExceeded after `timeout` seconds."""
@@ -154,8 +174,10 @@ class Mysqld:
                 )
             await asyncio.sleep(POLL_INTERVAL)
 
-    def _spawn_detached(self) -> subprocess.Popen[bytes]:
+    def _spawn_detached(self, read_only: bool) -> subprocess.Popen[bytes]:
         argv = [self._server_program(), f"--defaults-file={self.mycnf.path}"]
+        if read_only:
+            argv += ["--read-only", "--skip-slave-start"]
         try:
             proc = subprocess.Popen(
                 argv,
@@ -177,15 +199,16 @@ class Mysqld:
             "install the server or set --mysqld_start_command",
         )
 
-    async def _run_start_command(self, command: str, timeout: float) -> None:
+    async def _run_start_command(self, command: str, timeout: float, read_only: bool) -> None:
         """Run the configured command to completion. Its output goes to a file, not a pipe: the
         server it starts may inherit the descriptors and keep a pipe open forever."""
         argv = shlex.split(command)
         shown = f"--mysqld_start_command `{format_argv(argv)}`"
         with tempfile.TemporaryFile() as out:
             try:
+                env = {**os.environ, READ_ONLY_ENV: "1" if read_only else "0"}
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                    *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env
                 )
             except OSError as e:
                 raise FailedPrecondition(f"{shown}: {e}") from None

@@ -12,16 +12,19 @@ from datetime import UTC, datetime
 
 from agent import AGENT_VERSION
 from agent.aio.tasks import complete
-from agent.catalog.listing import list_backup_entries, write_manifest
+from agent.catalog.listing import BackupEntry, list_backup_entries, write_manifest
 from agent.catalog.manifest import AgentInfo, Manifest, backup_name, format_time, looks_like_backup_name
-from agent.config import TabletType
-from agent.errors import AgentError, FailedPrecondition
+from agent.catalog.verification import Depth
+from agent.config import VerifyMode
+from agent.errors import AgentError, DataLoss, FailedPrecondition
 from agent.mysql.gtid import parse_position
 from agent.operations import Kind, Operation
 from agent.ops.codecs import codec_for_backup, compression_fields
-from agent.ops.tablet_type import effective_tablet_type
+from agent.ops.tablet_type import check_backup_allowed
+from agent.ops.verify import verify_backup
 from agent.params import BackupParams
 from agent.storage.base import BackupHandle
+from agent.storage.recording import RecordingHandle
 from agent.tablet import Tablet
 from engines import engine_for_backup
 from engines.base import BackupContext, Engine, IncrementalSource
@@ -31,13 +34,7 @@ NAME_ATTEMPTS = 3
 
 async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
     """Check the request against the tablet, then start the backup as an operation."""
-    tablet_type = await effective_tablet_type(tablet)
-    if tablet_type is TabletType.PRIMARY and not params.allow_primary:
-        raise FailedPrecondition(
-            f"type PRIMARY cannot take backup (tablet {tablet.alias} is the primary: its mysqld has no "
-            "replication source and is writable). If you really need to do this, rerun the backup with "
-            "allow_primary (`tabletctl backup --allow-primary`, vtctldclient `Backup --allow-primary`)"
-        )
+    check_backup_allowed(tablet, params.allow_primary)
     engine = engine_for_backup(params, tablet.config)
 
     async def work(op: Operation) -> None:
@@ -49,7 +46,8 @@ async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
 async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: Operation) -> None:
     config = tablet.config
     directory = tablet.backup_directory
-    started, name, handle = await _new_backup(tablet)
+    started, name, stored = await _new_backup(tablet)
+    handle = RecordingHandle(stored)
     op.backup_name = name
     op.info(f"starting {engine.name} backup {directory}/{name} to {tablet.storage.describe()}")
     try:
@@ -67,6 +65,14 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
             incremental_from=source,
         )
         outcome = await engine.backup(ctx)
+        op.set_phase("checking the stored objects")
+        problems = await handle.unsealable()
+        if problems:
+            raise DataLoss(
+                f"storage lost objects of backup {directory}/{name} while it was written "
+                f"({'; '.join(problems[:10])}): the backup is removed; check what else writes to "
+                f"{tablet.storage.describe()} and take the backup again"
+            )
         op.set_phase("writing MANIFEST")
         manifest = Manifest(
             BackupName=name,
@@ -80,10 +86,10 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
             Keyspace=config.init_keyspace,
             Shard=config.init_shard,
             MySQLVersion=outcome.mysql_version,
-            UpgradeSafe=params.upgrade_safe,
-            # an engine may bring its own TabletAgent (xtrabackup: per-object hashes) or BackupMethod
-            # (incrementals say builtin, as Vitess writes them)
+            # an engine may bring its own TabletAgent (xtrabackup: per-object hashes), BackupMethod
+            # (incrementals say builtin, as Vitess writes them) or UpgradeSafe (xtrabackup: always)
             **{
+                "UpgradeSafe": params.upgrade_safe,
                 "BackupMethod": engine.name,
                 "TabletAgent": AgentInfo(Version=AGENT_VERSION),
                 **compression_fields(codec),
@@ -96,6 +102,15 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
         await _abort(handle, op, error)
         raise
     op.info(f"backup {directory}/{name} is complete at position {outcome.position}")
+    depth = config.verify_after_backup
+    if depth is not VerifyMode.OFF and not params.incremental:
+        entry = BackupEntry(handle=stored, manifest=manifest, complete=True, problem=None)
+        result = await verify_backup(tablet, entry, Depth(depth.value), op)
+        if not result.ok:
+            raise DataLoss(
+                f"backup {directory}/{name} failed its verification ({depth}): {'; '.join(result.problems[:5])}; "
+                "restores will pass over it"
+            )
 
 
 async def _new_backup(tablet: Tablet) -> tuple[datetime, str, BackupHandle]:

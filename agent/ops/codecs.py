@@ -7,6 +7,7 @@ from typing import Any
 
 from agent.catalog.manifest import Manifest
 from agent.config import AgentConfig
+from agent.errors import FailedPrecondition
 from agent.pipeline import compression
 
 
@@ -33,11 +34,27 @@ def compression_fields(codec: compression.Codec) -> dict[str, Any]:
     }
 
 
+def allowed_decompressors(config: AgentConfig) -> list[str]:
+    return [c.strip() for c in config.allowed_external_decompressors.split(";") if c.strip()]
+
+
 def codec_for_restore(manifest: Manifest, config: AgentConfig) -> compression.Codec:
-    """A restore follows the MANIFEST, never the current compression flags."""
-    return compression.codec_for_manifest(
-        manifest.compression_engine,
-        bool(manifest.skip_compress),
-        manifest.external_decompressor or "",
-        decompressor_override=config.external_decompressor,
-    )
+    """A restore follows the MANIFEST, never the current compression flags. A command the MANIFEST names
+    runs only when it is the configured --external-decompressor or listed in
+    --allowed_external_decompressors: a command taken from storage is code execution."""
+    recorded = (manifest.external_decompressor or "").strip()
+    try:
+        return compression.codec_for_manifest(
+            manifest.compression_engine,
+            bool(manifest.skip_compress),
+            recorded,
+            decompressor_override=config.external_decompressor,
+            allow_manifest_decompressor=recorded in allowed_decompressors(config),
+        )
+    except FailedPrecondition as e:
+        if recorded:
+            raise FailedPrecondition(
+                f"{e}; or, if you trust the command the MANIFEST records, list it in "
+                f"--allowed_external_decompressors"
+            ) from None
+        raise

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from agent.aio.tasks import in_thread
 from agent.catalog.listing import read_manifest
-from agent.errors import AgentError, ConfigError, NotFound
+from agent.errors import AgentError, NotFound
 from agent.log import get_logger
 from agent.mysql import replication
 from agent.mysql.replication import ReadOnlyState, ReplicationSnapshot
-from agent.statedir.crash_records import clear_offline_record, read_offline_record, restore_sentinel
+from agent.ops.restore_recovery import recover
+from agent.statedir.crash_records import clear_offline_record, read_offline_record
 from agent.tablet import Tablet
 
 log = get_logger("agent.ops.startup")
@@ -49,27 +50,26 @@ async def _remove_if_incomplete(tablet: Tablet, directory: str, name: str) -> No
 
 
 async def prepare_tablet(tablet: Tablet) -> None:
-    """Raise ConfigError (exit 2) when mysqld cannot be reached, with the fix in the message."""
-    await repair_offline_backup(tablet)
-    sentinel = await in_thread(restore_sentinel, tablet.state_dir)
-    if sentinel is not None:
-        log.warning(
-            "a restore did not finish: the datadir is not to be trusted; run RestoreFromBackup again",
-            restore=sentinel,
-        )
-        return
+    """Repair what a crashed agent left (an offline backup, a restore), then see whether mysqld answers.
+    A mysqld that does not answer yet is not an error: the agent serves (a restore onto a host whose
+    mysqld cannot start must stay possible) and Status reports it until it answers."""
+    await recover(tablet)
+    if tablet.unfinished_restore:
+        log.error("restore unfinished", problem=tablet.unfinished_restore)
     try:
-        running = await tablet.mysqld.is_running()
+        await repair_offline_backup(tablet)
     except AgentError as e:
-        running = False
-        log.warning("mysqld check failed", error=str(e))
-    if not running:
+        log.error("cannot repair the interrupted backup yet", error=str(e))
+    try:
+        info = await tablet.mysqld.server_info()
+    except AgentError as e:
         creds = tablet.credentials
         where = creds.socket or f"{creds.host}:{creds.port}"
-        raise ConfigError(
-            f"cannot connect to mysqld at {where} as {creds.user!r}: start mysqld "
-            f"(e.g. `mariadbd --defaults-file={tablet.mycnf.path}`) or fix the [client] group of --mycnf_file "
-            "/ --db_credentials_file"
+        log.warning(
+            f"mysqld does not answer at {where} as {creds.user!r} yet: serving anyway; start mysqld "
+            f"(e.g. `mariadbd --defaults-file={tablet.mycnf.path}`) or fix the [client] group of "
+            "--mycnf_file / --db_credentials_file",
+            error=str(e),
         )
-    info = await tablet.mysqld.server_info()
+        return
     log.info("mysqld reachable", flavor=str(info.flavor), version=info.version)

@@ -31,12 +31,14 @@ class _OperationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operati
     OPERATION_KIND_UNSPECIFIED: _OperationKind.ValueType  # 0
     BACKUP: _OperationKind.ValueType  # 1
     RESTORE: _OperationKind.ValueType  # 2
+    VERIFY: _OperationKind.ValueType  # 3
 
 class OperationKind(_OperationKind, metaclass=_OperationKindEnumTypeWrapper): ...
 
 OPERATION_KIND_UNSPECIFIED: OperationKind.ValueType  # 0
 BACKUP: OperationKind.ValueType  # 1
 RESTORE: OperationKind.ValueType  # 2
+VERIFY: OperationKind.ValueType  # 3
 Global___OperationKind: _TypeAlias = OperationKind  # noqa: Y015
 
 class _OperationResult:
@@ -224,6 +226,9 @@ class BackupInfo(_message.Message):
     TABLET_ALIAS_FIELD_NUMBER: _builtins.int
     COMPRESSION_ENGINE_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
+    VERIFICATION_DEPTH_FIELD_NUMBER: _builtins.int
+    VERIFIED_TIME_FIELD_NUMBER: _builtins.int
+    VERIFICATION_PROBLEMS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     directory: _builtins.str
     complete: _builtins.bool
@@ -236,13 +241,17 @@ class BackupInfo(_message.Message):
     tablet_alias: _builtins.str
     compression_engine: _builtins.str
     verification: _builtins.str
-    """Our additions to this message use numbers >= 100 (lower ones are left for its own growth).
-    The last verification's outcome (e.g. "verified", "failed: ..."); empty when never verified or unknown.
-    """
+    """The last verification: "" never verified, else "ok" or "failed", with its depth and time."""
+    verification_depth: _builtins.str
+    """light or deep"""
     @_builtins.property
     def backup_time(self) -> _vttime_pb2.Time: ...
     @_builtins.property
     def finished_time(self) -> _vttime_pb2.Time: ...
+    @_builtins.property
+    def verified_time(self) -> _vttime_pb2.Time: ...
+    @_builtins.property
+    def verification_problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -260,10 +269,13 @@ class BackupInfo(_message.Message):
         tablet_alias: _builtins.str = ...,
         compression_engine: _builtins.str = ...,
         verification: _builtins.str = ...,
+        verification_depth: _builtins.str = ...,
+        verified_time: _vttime_pb2.Time | None = ...,
+        verification_problems: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backup_time", b"backup_time", "finished_time", b"finished_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backup_time", b"backup_time", "finished_time", b"finished_time", "verified_time", b"verified_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_time", b"backup_time", "complete", b"complete", "compression_engine", b"compression_engine", "directory", b"directory", "engine", b"engine", "finished_time", b"finished_time", "from_backup", b"from_backup", "from_position", b"from_position", "incremental", b"incremental", "name", b"name", "position", b"position", "size_bytes", b"size_bytes", "tablet_alias", b"tablet_alias", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_time", b"backup_time", "complete", b"complete", "compression_engine", b"compression_engine", "directory", b"directory", "engine", b"engine", "finished_time", b"finished_time", "from_backup", b"from_backup", "from_position", b"from_position", "incremental", b"incremental", "name", b"name", "position", b"position", "size_bytes", b"size_bytes", "tablet_alias", b"tablet_alias", "verification", b"verification", "verification_depth", b"verification_depth", "verification_problems", b"verification_problems", "verified_time", b"verified_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,3 +537,93 @@ class WatchOperationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchOperationResponse: _TypeAlias = WatchOperationResponse  # noqa: Y015
+
+@_typing.final
+class VerifyBackupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    DEEP_FIELD_NUMBER: _builtins.int
+    CANCEL_ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """every complete backup of the shard"""
+    deep: _builtins.bool
+    """also restore into a scratch mysqld and CHECK TABLE"""
+    cancel_on_disconnect: _builtins.bool
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: the newest complete full backup"""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+        deep: _builtins.bool = ...,
+        cancel_on_disconnect: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "cancel_on_disconnect", b"cancel_on_disconnect", "deep", b"deep", "names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyBackupRequest: _TypeAlias = VerifyBackupRequest  # noqa: Y015
+
+@_typing.final
+class VerifyBackupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _logutil_pb2.Event: ...
+    def __init__(
+        self,
+        *,
+        event: _logutil_pb2.Event | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyBackupResponse: _TypeAlias = VerifyBackupResponse  # noqa: Y015
+
+@_typing.final
+class DiscardPreviousRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardPreviousRequest: _TypeAlias = DiscardPreviousRequest  # noqa: Y015
+
+@_typing.final
+class DiscardPreviousResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """directories removed"""
+
+    def __init__(
+        self,
+        *,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardPreviousResponse: _TypeAlias = DiscardPreviousResponse  # noqa: Y015

@@ -168,10 +168,20 @@ class RestoreFromBackupRequest(_message.Message):
     RESTORE_TO_TIMESTAMP_FIELD_NUMBER: _builtins.int
     ALLOWED_BACKUP_ENGINES_FIELD_NUMBER: _builtins.int
     CANCEL_ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    RESTORE_IN_PLACE_FIELD_NUMBER: _builtins.int
+    RESTORE_OVER_EXISTING_DATA_FIELD_NUMBER: _builtins.int
     restore_to_pos: _builtins.str
     dry_run: _builtins.bool
     cancel_on_disconnect: _builtins.bool
     """tablet-agent: see BackupRequest.cancel_on_disconnect."""
+    restore_in_place: _builtins.bool
+    """tablet-agent: restore into the live directories after a full verification pass, instead of
+    staging beside them (for hosts without room for a second copy).
+    """
+    restore_over_existing_data: _builtins.bool
+    """tablet-agent: allow restoring onto a writable mysqld without a replication source that holds
+    user schemas (which otherwise looks like a primary started with the default type).
+    """
     @_builtins.property
     def backup_time(self) -> _vttime_pb2.Time: ...
     @_builtins.property
@@ -187,10 +197,12 @@ class RestoreFromBackupRequest(_message.Message):
         restore_to_timestamp: _vttime_pb2.Time | None = ...,
         allowed_backup_engines: _abc.Iterable[_builtins.str] | None = ...,
         cancel_on_disconnect: _builtins.bool = ...,
+        restore_in_place: _builtins.bool = ...,
+        restore_over_existing_data: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["backup_time", b"backup_time", "restore_to_timestamp", b"restore_to_timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_backup_engines", b"allowed_backup_engines", "backup_time", b"backup_time", "cancel_on_disconnect", b"cancel_on_disconnect", "dry_run", b"dry_run", "restore_to_pos", b"restore_to_pos", "restore_to_timestamp", b"restore_to_timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_backup_engines", b"allowed_backup_engines", "backup_time", b"backup_time", "cancel_on_disconnect", b"cancel_on_disconnect", "dry_run", b"dry_run", "restore_in_place", b"restore_in_place", "restore_over_existing_data", b"restore_over_existing_data", "restore_to_pos", b"restore_to_pos", "restore_to_timestamp", b"restore_to_timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

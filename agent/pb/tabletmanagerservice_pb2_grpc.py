@@ -80,6 +80,16 @@ class TabletManagerStub:
                 request_serializer=agent_dot_pb_dot_agentdata__pb2.WatchOperationRequest.SerializeToString,
                 response_deserializer=agent_dot_pb_dot_agentdata__pb2.WatchOperationResponse.FromString,
                 _registered_method=True)
+        self.VerifyBackup = channel.unary_stream(
+                '/tabletmanagerservice.TabletManager/VerifyBackup',
+                request_serializer=agent_dot_pb_dot_agentdata__pb2.VerifyBackupRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_agentdata__pb2.VerifyBackupResponse.FromString,
+                _registered_method=True)
+        self.DiscardPrevious = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/DiscardPrevious',
+                request_serializer=agent_dot_pb_dot_agentdata__pb2.DiscardPreviousRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_agentdata__pb2.DiscardPreviousResponse.FromString,
+                _registered_method=True)
 
 
 class TabletManagerServicer:
@@ -140,6 +150,18 @@ class TabletManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyBackup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardPrevious(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TabletManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +209,16 @@ def add_TabletManagerServicer_to_server(servicer, server):
                     servicer.WatchOperation,
                     request_deserializer=agent_dot_pb_dot_agentdata__pb2.WatchOperationRequest.FromString,
                     response_serializer=agent_dot_pb_dot_agentdata__pb2.WatchOperationResponse.SerializeToString,
+            ),
+            'VerifyBackup': grpc.unary_stream_rpc_method_handler(
+                    servicer.VerifyBackup,
+                    request_deserializer=agent_dot_pb_dot_agentdata__pb2.VerifyBackupRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_agentdata__pb2.VerifyBackupResponse.SerializeToString,
+            ),
+            'DiscardPrevious': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardPrevious,
+                    request_deserializer=agent_dot_pb_dot_agentdata__pb2.DiscardPreviousRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_agentdata__pb2.DiscardPreviousResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,6 +464,60 @@ class TabletManager:
             '/tabletmanagerservice.TabletManager/WatchOperation',
             agent_dot_pb_dot_agentdata__pb2.WatchOperationRequest.SerializeToString,
             agent_dot_pb_dot_agentdata__pb2.WatchOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyBackup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/VerifyBackup',
+            agent_dot_pb_dot_agentdata__pb2.VerifyBackupRequest.SerializeToString,
+            agent_dot_pb_dot_agentdata__pb2.VerifyBackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardPrevious(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/DiscardPrevious',
+            agent_dot_pb_dot_agentdata__pb2.DiscardPreviousRequest.SerializeToString,
+            agent_dot_pb_dot_agentdata__pb2.DiscardPreviousResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,8 @@ class TabletManagerStub:
     RemoveBackup: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.RemoveBackupRequest, _agentdata_pb2.RemoveBackupResponse]
     CancelOperation: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.CancelOperationRequest, _agentdata_pb2.CancelOperationResponse]
     WatchOperation: _grpc.UnaryStreamMultiCallable[_agentdata_pb2.WatchOperationRequest, _agentdata_pb2.WatchOperationResponse]
+    VerifyBackup: _grpc.UnaryStreamMultiCallable[_agentdata_pb2.VerifyBackupRequest, _agentdata_pb2.VerifyBackupResponse]
+    DiscardPrevious: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.DiscardPreviousRequest, _agentdata_pb2.DiscardPreviousResponse]
 
 @_typing.type_check_only
 class TabletManagerAsyncStub(TabletManagerStub):
@@ -58,6 +60,8 @@ class TabletManagerAsyncStub(TabletManagerStub):
     RemoveBackup: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.RemoveBackupRequest, _agentdata_pb2.RemoveBackupResponse]  # type: ignore[assignment]
     CancelOperation: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.CancelOperationRequest, _agentdata_pb2.CancelOperationResponse]  # type: ignore[assignment]
     WatchOperation: _aio.UnaryStreamMultiCallable[_agentdata_pb2.WatchOperationRequest, _agentdata_pb2.WatchOperationResponse]  # type: ignore[assignment]
+    VerifyBackup: _aio.UnaryStreamMultiCallable[_agentdata_pb2.VerifyBackupRequest, _agentdata_pb2.VerifyBackupResponse]  # type: ignore[assignment]
+    DiscardPrevious: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.DiscardPreviousRequest, _agentdata_pb2.DiscardPreviousResponse]  # type: ignore[assignment]
 
 class TabletManagerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -123,5 +127,19 @@ class TabletManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _agentdata_pb2.WatchOperationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agentdata_pb2.WatchOperationResponse], _abc.AsyncIterator[_agentdata_pb2.WatchOperationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyBackup(
+        self,
+        request: _agentdata_pb2.VerifyBackupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agentdata_pb2.VerifyBackupResponse], _abc.AsyncIterator[_agentdata_pb2.VerifyBackupResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DiscardPrevious(
+        self,
+        request: _agentdata_pb2.DiscardPreviousRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agentdata_pb2.DiscardPreviousResponse, _abc.Awaitable[_agentdata_pb2.DiscardPreviousResponse]]: ...
 
 def add_TabletManagerServicer_to_server(servicer: TabletManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

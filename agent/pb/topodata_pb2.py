@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agent.pb import vttime_pb2 as agent_dot_pb_dot_vttime__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gent/pb/topodata.proto\x12\x08topodata\"(\n\x0bTabletAlias\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\r\"&\n\x08KeyRange\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\"\xaa\x03\n\x06Tablet\x12$\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x15.topodata.TabletAlias\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12/\n\x08port_map\x18\x04 \x03(\x0b\x32\x1d.topodata.Tablet.PortMapEntry\x12\x10\n\x08keyspace\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x06 \x01(\t\x12%\n\tkey_range\x18\x07 \x01(\x0b\x32\x12.topodata.KeyRange\x12\"\n\x04type\x18\x08 \x01(\x0e\x32\x14.topodata.TabletType\x12\x18\n\x10\x64\x62_name_override\x18\t \x01(\t\x12(\n\x04tags\x18\n \x03(\x0b\x32\x1a.topodata.Tablet.TagsEntry\x12\x16\n\x0emysql_hostname\x18\x0c \x01(\t\x12\x12\n\nmysql_port\x18\r \x01(\x05\x1a.\n\x0cPortMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x82\x01\n\nTabletType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07PRIMARY\x10\x01\x12\x0b\n\x07REPLICA\x10\x02\x12\n\n\x06RDONLY\x10\x03\x12\t\n\x05SPARE\x10\x04\x12\x10\n\x0c\x45XPERIMENTAL\x10\x05\x12\n\n\x06\x42\x41\x43KUP\x10\x06\x12\x0b\n\x07RESTORE\x10\x07\x12\x0b\n\x07\x44RAINED\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gent/pb/topodata.proto\x12\x08topodata\x1a\x15\x61gent/pb/vttime.proto\"&\n\x08KeyRange\x12\r\n\x05start\x18\x01 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x0c\"(\n\x0bTabletAlias\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\r\"\xe0\x04\n\x06Tablet\x12$\n\x05\x61lias\x18\x01 \x01(\x0b\x32\x15.topodata.TabletAlias\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12/\n\x08port_map\x18\x04 \x03(\x0b\x32\x1d.topodata.Tablet.PortMapEntry\x12\x10\n\x08keyspace\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x06 \x01(\t\x12%\n\tkey_range\x18\x07 \x01(\x0b\x32\x12.topodata.KeyRange\x12\"\n\x04type\x18\x08 \x01(\x0e\x32\x14.topodata.TabletType\x12\x18\n\x10\x64\x62_name_override\x18\t \x01(\t\x12(\n\x04tags\x18\n \x03(\x0b\x32\x1a.topodata.Tablet.TagsEntry\x12\x16\n\x0emysql_hostname\x18\x0c \x01(\t\x12\x12\n\nmysql_port\x18\r \x01(\x05\x12-\n\x17primary_term_start_time\x18\x0e \x01(\x0b\x32\x0c.vttime.Time\x12\x1e\n\x16\x64\x65\x66\x61ult_conn_collation\x18\x10 \x01(\r\x12\'\n\x11tablet_start_time\x18\x11 \x01(\x0b\x32\x0c.vttime.Time\x12*\n\x14tablet_shutdown_time\x18\x12 \x01(\x0b\x32\x0c.vttime.Time\x1a.\n\x0cPortMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x03\x10\x04J\x04\x08\x0b\x10\x0cJ\x04\x08\x0f\x10\x10\"\xb3\x01\n\x05Shard\x12,\n\rprimary_alias\x18\x01 \x01(\x0b\x32\x15.topodata.TabletAlias\x12%\n\tkey_range\x18\x02 \x01(\x0b\x32\x12.topodata.KeyRange\x12\x1a\n\x12is_primary_serving\x18\x07 \x01(\x08\x12-\n\x17primary_term_start_time\x18\x08 \x01(\x0b\x32\x0c.vttime.TimeJ\x04\x08\x03\x10\x04J\x04\x08\x05\x10\x06\"\xc1\x01\n\x08Keyspace\x12-\n\rkeyspace_type\x18\x05 \x01(\x0e\x32\x16.topodata.KeyspaceType\x12\x15\n\rbase_keyspace\x18\x06 \x01(\t\x12#\n\rsnapshot_time\x18\x07 \x01(\x0b\x32\x0c.vttime.Time\x12\x19\n\x11\x64urability_policy\x18\x08 \x01(\t\x12\x17\n\x0fsidecar_db_name\x18\n \x01(\tJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05\"w\n\x10ShardReplication\x12.\n\x05nodes\x18\x01 \x03(\x0b\x32\x1f.topodata.ShardReplication.Node\x1a\x33\n\x04Node\x12+\n\x0ctablet_alias\x18\x01 \x01(\x0b\x32\x15.topodata.TabletAlias\"6\n\x08\x43\x65llInfo\x12\x16\n\x0eserver_address\x18\x01 \x01(\t\x12\x0c\n\x04root\x18\x02 \x01(\tJ\x04\x08\x03\x10\x04*(\n\x0cKeyspaceType\x12\n\n\x06NORMAL\x10\x00\x12\x0c\n\x08SNAPSHOT\x10\x01*\x82\x01\n\nTabletType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07PRIMARY\x10\x01\x12\x0b\n\x07REPLICA\x10\x02\x12\n\n\x06RDONLY\x10\x03\x12\t\n\x05SPARE\x10\x04\x12\x10\n\x0c\x45XPERIMENTAL\x10\x05\x12\n\n\x06\x42\x41\x43KUP\x10\x06\x12\x0b\n\x07RESTORE\x10\x07\x12\x0b\n\x07\x44RAINED\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +36,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TABLET_PORTMAPENTRY']._serialized_options = b'8\001'
   _globals['_TABLET_TAGSENTRY']._loaded_options = None
   _globals['_TABLET_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_TABLETTYPE']._serialized_start=549
-  _globals['_TABLETTYPE']._serialized_end=679
-  _globals['_TABLETALIAS']._serialized_start=37
-  _globals['_TABLETALIAS']._serialized_end=77
-  _globals['_KEYRANGE']._serialized_start=79
-  _globals['_KEYRANGE']._serialized_end=117
-  _globals['_TABLET']._serialized_start=120
-  _globals['_TABLET']._serialized_end=546
-  _globals['_TABLET_PORTMAPENTRY']._serialized_start=455
-  _globals['_TABLET_PORTMAPENTRY']._serialized_end=501
-  _globals['_TABLET_TAGSENTRY']._serialized_start=503
-  _globals['_TABLET_TAGSENTRY']._serialized_end=546
+  _globals['_KEYSPACETYPE']._serialized_start=1308
+  _globals['_KEYSPACETYPE']._serialized_end=1348
+  _globals['_TABLETTYPE']._serialized_start=1351
+  _globals['_TABLETTYPE']._serialized_end=1481
+  _globals['_KEYRANGE']._serialized_start=60
+  _globals['_KEYRANGE']._serialized_end=98
+  _globals['_TABLETALIAS']._serialized_start=100
+  _globals['_TABLETALIAS']._serialized_end=140
+  _globals['_TABLET']._serialized_start=143
+  _globals['_TABLET']._serialized_end=751
+  _globals['_TABLET_PORTMAPENTRY']._serialized_start=642
+  _globals['_TABLET_PORTMAPENTRY']._serialized_end=688
+  _globals['_TABLET_TAGSENTRY']._serialized_start=690
+  _globals['_TABLET_TAGSENTRY']._serialized_end=733
+  _globals['_SHARD']._serialized_start=754
+  _globals['_SHARD']._serialized_end=933
+  _globals['_KEYSPACE']._serialized_start=936
+  _globals['_KEYSPACE']._serialized_end=1129
+  _globals['_SHARDREPLICATION']._serialized_start=1131
+  _globals['_SHARDREPLICATION']._serialized_end=1250
+  _globals['_SHARDREPLICATION_NODE']._serialized_start=1199
+  _globals['_SHARDREPLICATION_NODE']._serialized_end=1250
+  _globals['_CELLINFO']._serialized_start=1252
+  _globals['_CELLINFO']._serialized_end=1306
 # @@protoc_insertion_point(module_scope)

@@ -32,10 +32,12 @@ class FileToStore:
 
 @dataclass(frozen=True)
 class FileToRestore:
-    """An object to restore into `path`, with what its record says (hashes may be unknown)."""
+    """An object to restore into `path`, with what its record says (hashes may be unknown); `name` is the
+    file's name (progress), `where` how errors name the stored object."""
 
     object_name: str
     name: str
+    where: str
     path: Path
     size: int | None
     crc32_hex: str | None
@@ -88,7 +90,7 @@ async def restore_files(
             o.path,
             expected_crc32_hex=o.crc32_hex,
             expected_sha256_hex=o.sha256_hex,
-            name=o.name,
+            name=o.where,
             on_progress=FileProgress(op, "restoring", o.name, o.size or sizes[i] or 0),
             sync=False,
             workers=workers,

@@ -1,7 +1,7 @@
 """Durable records that let the next agent start repair what a crashed one left behind.
 
 `offline.json`: written before an offline backup stops replication and mysqld, removed once both are back.
-`restore_in_progress`: written before a restore touches the datadir, removed only when it succeeded.
+The restore's own record is `statedir.restore_journal`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 OFFLINE_FILE = "offline.json"
-RESTORE_SENTINEL = "restore_in_progress"
 
 
 class OfflineRecord(BaseModel):
@@ -31,7 +30,7 @@ class OfflineRecord(BaseModel):
     started: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
@@ -48,7 +47,7 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 def write_offline_record(state_dir: Path, record: OfflineRecord) -> None:
-    _write_durably(state_dir / OFFLINE_FILE, record.model_dump_json(indent=2).encode())
+    write_durably(state_dir / OFFLINE_FILE, record.model_dump_json(indent=2).encode())
 
 
 def read_offline_record(state_dir: Path) -> OfflineRecord | None:
@@ -61,19 +60,3 @@ def read_offline_record(state_dir: Path) -> OfflineRecord | None:
 
 def clear_offline_record(state_dir: Path) -> None:
     (state_dir / OFFLINE_FILE).unlink(missing_ok=True)
-
-
-def write_restore_sentinel(state_dir: Path, backup: str) -> None:
-    _write_durably(state_dir / RESTORE_SENTINEL, f"{datetime.now(UTC).isoformat()} {backup}\n".encode())
-
-
-def restore_sentinel(state_dir: Path) -> str | None:
-    """The sentinel's text (when and what was being restored), or None when there is none."""
-    try:
-        return (state_dir / RESTORE_SENTINEL).read_text().strip()
-    except FileNotFoundError:
-        return None
-
-
-def clear_restore_sentinel(state_dir: Path) -> None:
-    (state_dir / RESTORE_SENTINEL).unlink(missing_ok=True)

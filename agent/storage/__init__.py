@@ -46,8 +46,43 @@ def _s3_storage(config: AgentConfig) -> BackupStorage:
     )
 
 
+def _azblob_storage(config: AgentConfig) -> BackupStorage:
+    # Imported here, like the S3 backend: agents on other storage do not load it.
+    from agent.storage.azblob import AzblobSettings, AzureBlobBackupStorage, load_account
+
+    if not config.azblob_backup_container_name:
+        raise ConfigError(
+            "--azblob_backup_container_name is required with --backup_storage_implementation=azblob"
+        )
+    return AzureBlobBackupStorage(
+        AzblobSettings(
+            account=load_account(config.azblob_backup_account_name, config.azblob_backup_account_key_file),
+            container=config.azblob_backup_container_name,
+            root=config.azblob_backup_storage_root,
+            endpoint=config.azblob_backup_endpoint,
+            parallelism=config.azblob_backup_parallelism,
+            buffer_size=config.azblob_backup_buffer_size,
+        )
+    )
+
+
+def _gcs_storage(config: AgentConfig) -> BackupStorage:
+    # Imported here, like S3: agents on other storage need not load the GCS client and its auth library.
+    from agent.storage.gcs import GcsBackupStorage, GcsSettings
+
+    if not config.gcs_backup_storage_bucket:
+        raise ConfigError("--gcs_backup_storage_bucket is required with --backup_storage_implementation=gcs")
+    return GcsBackupStorage(
+        GcsSettings(
+            bucket=config.gcs_backup_storage_bucket,
+            root=config.gcs_backup_storage_root,
+            endpoint=config.gcs_backup_storage_endpoint or "",
+        )
+    )
+
+
 STORAGES: Mapping[str, Callable[[AgentConfig], BackupStorage]] = MappingProxyType(
-    {"file": _file_storage, "s3": _s3_storage}
+    {"file": _file_storage, "s3": _s3_storage, "gcs": _gcs_storage, "azblob": _azblob_storage}
 )
 
 

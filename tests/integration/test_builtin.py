@@ -60,7 +60,7 @@ def test_primary_refuses_without_allow_primary(
     primary: Sandbox, agent_factory: AgentFactory, storage_root
 ) -> None:
     primary.write_rows(5)
-    agent = agent_factory(primary)
+    agent = agent_factory(primary, extra=["--init_tablet_type", "PRIMARY"])
     err = rpc_error(backup, agent)
     assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "allow_primary" in (err.details() or "")
@@ -95,7 +95,7 @@ def test_concurrent_backups_one_runs(
     assert len(complete_backups(storage_root)) == 1
 
 
-def test_flipped_byte_fails_restore_and_keeps_sentinel(
+def test_flipped_byte_fails_restore_and_leaves_the_tablet_untouched(
     primary: Sandbox,
     replica: Sandbox,
     sandbox_factory: SandboxFactory,
@@ -110,8 +110,13 @@ def test_flipped_byte_fails_restore_and_keeps_sentinel(
     data[len(data) // 2] ^= 0xFF
     obj.write_bytes(bytes(data))
     fresh = sandbox_factory()
+    fresh.write_rows(7, table="t", database="keep")
     fresh.sql("SET GLOBAL read_only=1")
     target = agent_factory(fresh, alias="zone1-0000000104")
     err = rpc_error(restore, target)
-    assert "hash mismatch for" in (err.details() or "") or "corrupt" in (err.details() or "").lower()
-    assert (target.workdir / "state-zone1-0000000104" / "restore_in_progress").exists()
+    assert err.code() is grpc.StatusCode.DATA_LOSS, err.details()
+    assert f"ks/0/{done.name}/0" in (err.details() or ""), "the error names the stored object"
+    assert fresh.is_answering() and fresh.value("SELECT COUNT(*) FROM keep.t") == 7
+    assert fresh.value("SELECT @@read_only") == 1
+    assert not (target.workdir / "state-zone1-0000000104" / "restore.json").exists()
+    assert not [p for p in fresh.root.iterdir() if "tablet-agent" in p.name], "no staging left behind"

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent.pb import agentdata_pb2, tabletmanagerdata_pb2
 from tests.agent_process import REPO, AgentProcess
+from tests.conftest import SandboxFactory
 from tests.integration.conftest import AgentFactory
 from tests.sandbox import Sandbox
 from tests.wire import field_bytes, field_varint
@@ -88,14 +89,27 @@ def test_missing_mycnf_exits_2_with_the_fix(tmp_path: Path) -> None:
     assert "nope.cnf" in res.stderr and "does not exist" in res.stderr
 
 
-def test_unreachable_mysqld_exits_2(sandbox_factory: object, tmp_path: Path) -> None:
-    from tests.conftest import SandboxFactory
-
-    assert isinstance(sandbox_factory, SandboxFactory)
+def test_mysqld_down_at_start_is_served_and_picked_up_when_it_comes(
+    sandbox_factory: SandboxFactory, agent_factory: AgentFactory
+) -> None:
     stopped = sandbox_factory(start=False)
-    res = _run_agent(_base_args(stopped.cnf, tmp_path))
-    assert res.returncode == 2, res.stderr
-    assert "cannot connect to mysqld" in res.stderr and "start mysqld" in res.stderr
+    agent = agent_factory(stopped)  # serves although mysqld does not answer
+    with agent.channel() as ch:
+        status = agent.stub(ch).Status(agentdata_pb2.StatusRequest(), timeout=10)
+        assert not status.mysqld.running
+        assert (
+            "mysqld is not reachable" in status.health_problems
+            or "mysqld is not running" in status.health_problems
+        )
+        stopped.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status = agent.stub(ch).Status(agentdata_pb2.StatusRequest(), timeout=10)
+            if status.mysqld.running:
+                break
+            time.sleep(0.3)
+        assert status.mysqld.running and status.mysqld.version
+    assert "mysqld does not answer" in agent.log()
 
 
 def test_unknown_flag_and_bad_alias_exit_2(tmp_path: Path) -> None:

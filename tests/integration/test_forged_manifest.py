@@ -59,7 +59,7 @@ def test_forged_manifest_is_rejected_and_touches_nothing(
     assert "refusing" in details or "none are complete" in details or "unknown" in details, details
     assert canary.read_text() == "untouched" and not Path("/tmp/canary").exists()
     assert replica.is_answering(), "nothing was stopped"
-    assert not (agent.workdir / "state-zone1-0000000102" / "restore_in_progress").exists()
+    assert not (agent.workdir / "state-zone1-0000000102" / "restore.json").exists()
 
 
 def test_huge_entry_count_is_rejected(

@@ -10,7 +10,7 @@ import pytest
 from agent.errors import FailedPrecondition
 from agent.mysql import replication as repl
 from agent.mysql.client import MysqlClient, credentials_from
-from agent.mysql.gtid import Flavor
+from agent.mysql.gtid import Flavor, parse_position
 from agent.mysql.mycnf import read_mycnf
 from tests.sandbox import Sandbox, SandboxFactory
 
@@ -127,8 +127,10 @@ async def test_executed_and_purged_gtids_and_binary_logs(
     client = client_for(primary)
     first = write_rows(primary, 10)
     assert first.startswith("0-1-")
-    assert await repl.executed_gtids(client, MARIADB) == first
-    assert await repl.purged_gtids(client, MARIADB) == ""  # the first binlog starts from nothing
+    assert str((await repl.executed_position(client, MARIADB)).gtids) == first
+    assert (
+        str((await repl.purged_position(client, MARIADB)).gtids) == ""
+    )  # the first binlog starts from nothing
     logs = await repl.binary_logs(client)
     assert [name for name, _ in logs] == ["binlog.000001"] and logs[0][1] > 0
 
@@ -136,39 +138,49 @@ async def test_executed_and_purged_gtids_and_binary_logs(
     second = write_rows(primary, 10)
     assert [name for name, _ in await repl.binary_logs(client)] == ["binlog.000001", "binlog.000002"]
     primary.purge_binlogs_to("binlog.000002")
-    assert await repl.purged_gtids(client, MARIADB) == first  # the state binlog.000002 starts from
-    assert await repl.executed_gtids(client, MARIADB) == second
+    assert (
+        str((await repl.purged_position(client, MARIADB)).gtids) == first
+    )  # the state binlog.000002 starts from
+    assert str((await repl.executed_position(client, MARIADB)).gtids) == second
 
     replica.wait_for_gtid(second)
-    assert await repl.executed_gtids(client_for(replica), MARIADB) == second  # log_slave_updates
+    assert (
+        str((await repl.executed_position(client_for(replica), MARIADB)).gtids) == second
+    )  # log_slave_updates
 
 
 async def test_without_binlogs(sandbox_factory: SandboxFactory) -> None:
     sandbox = sandbox_factory(extra_options=["skip-log-bin"])
     client = client_for(sandbox)
     assert await repl.binary_logs(client) == []
-    assert await repl.purged_gtids(client, MARIADB) == ""
+    assert str((await repl.purged_position(client, MARIADB)).gtids) == ""
     sandbox.sql("SET GLOBAL gtid_slave_pos = '0-7-42'")
-    assert await repl.executed_gtids(client, MARIADB) == "0-7-42"  # falls back to @@gtid_current_pos
+    assert (
+        str((await repl.executed_position(client, MARIADB)).gtids) == "0-7-42"
+    )  # falls back to @@gtid_current_pos
 
 
 async def test_set_gtid_state_on_a_fresh_sandbox(sandbox_factory: SandboxFactory, primary: Sandbox) -> None:
     before = primary.write_rows(10, table="before")
     restored = sandbox_factory()  # stands for a server restored from a backup taken at `before`
     client = client_for(restored)
-    await repl.set_gtid_state(client, MARIADB, before)
+    await repl.set_gtid_state(client, parse_position(before, default_flavor=MARIADB))
     assert restored.value("SELECT @@GLOBAL.gtid_slave_pos") == before
-    assert await repl.executed_gtids(client, MARIADB) == before  # its empty binlog now starts there
+    assert (
+        str((await repl.executed_position(client, MARIADB)).gtids) == before
+    )  # its empty binlog now starts there
 
     restored.make_replica_of(primary)
     after = primary.write_rows(3, table="after", database="later")
     restored.wait_for_gtid(after)
     assert restored.value("SELECT COUNT(*) FROM later.after") == 3
     assert restored.value("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'before'") == 0
-    assert await repl.executed_gtids(client, MARIADB) == after
+    assert str((await repl.executed_position(client, MARIADB)).gtids) == after
 
-    await repl.set_gtid_state(client, MARIADB, after)  # stops replication first; the binlog is kept
+    await repl.set_gtid_state(
+        client, parse_position(after, default_flavor=MARIADB)
+    )  # stops replication first; the binlog is kept
     status = await repl.replication_status(client, MARIADB)
     assert not status.io_running and not status.sql_running
     assert [name for name, _ in await repl.binary_logs(client)] == ["binlog.000001"]
-    assert await repl.executed_gtids(client, MARIADB) == after
+    assert str((await repl.executed_position(client, MARIADB)).gtids) == after

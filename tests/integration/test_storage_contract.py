@@ -17,6 +17,8 @@ import pytest
 from agent.errors import AgentError, FailedPrecondition, InvalidArgument, NotFound
 from agent.storage.base import BackupHandle, BackupStorage, ListsDirectories
 from agent.storage.file import FileBackupStorage
+from tests.azuriteserver import ACCOUNT, KEY, AzuriteServer
+from tests.gcsserver import GcsServer
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.integration
@@ -44,9 +46,35 @@ async def _s3(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[B
     await storage.close()
 
 
+async def _azblob(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[BackupStorage]:
+    from agent.storage.azblob import AzblobSettings, AzureBlobBackupStorage
+    from agent.storage.azblob_rest import Account
+
+    server: AzuriteServer = request.getfixturevalue("azurite")
+    container: str = request.getfixturevalue("azure_container")
+    account = Account.from_base64(ACCOUNT, KEY, "Azurite's development key")
+    storage = AzureBlobBackupStorage(
+        AzblobSettings(account=account, container=container, root="fleet/a", endpoint=server.endpoint)
+    )
+    yield storage
+    await storage.close()
+
+
+async def _gcs(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[BackupStorage]:
+    from agent.storage.gcs import GcsBackupStorage, GcsSettings
+
+    server: GcsServer = request.getfixturevalue("gcs_server")
+    bucket: str = request.getfixturevalue("gcs_bucket")
+    storage = GcsBackupStorage(GcsSettings(bucket=bucket, root="fleet/a", endpoint=server.endpoint))
+    yield storage
+    await storage.close()
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], AsyncIterator[BackupStorage]]] = {
     "file": _file,
     "s3": _s3,
+    "azblob": _azblob,
+    "gcs": _gcs,
 }
 
 

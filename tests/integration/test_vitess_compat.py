@@ -89,8 +89,8 @@ def test_tabletctl_backup_and_restore(
     res = subprocess.run([*ctl, "restore", "--dry-run"], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "restore plan" in res.stdout and "dry run" in res.stdout
-    # the replica is not a primary, but a backup with allow_primary on the primary's agent fails without it
-    primary_agent = agent_factory(primary, alias="zone1-0000000101")
+    # a tablet of type PRIMARY refuses a backup without allow_primary
+    primary_agent = agent_factory(primary, alias="zone1-0000000101", extra=["--init_tablet_type", "PRIMARY"])
     res = subprocess.run(
         [sys.executable, "-m", "agent.ctl.main", "--server", primary_agent.address, "backup"],
         capture_output=True, text=True, env=env, timeout=120,

@@ -350,11 +350,13 @@ def test_a_flipped_byte_in_a_stripe_fails_restore_with_the_hash_error(
     data = bytearray(stripe.read_bytes())
     data[len(data) // 2] ^= 0xFF
     stripe.write_bytes(bytes(data))
-    _, target = restore_target(sandbox_factory, agent_factory, "zone1-0000000104")
+    fresh, target = restore_target(sandbox_factory, agent_factory, "zone1-0000000104")
+    fresh.write_rows(3, table="kept", database="keep")
     err = rpc_error(restore, target)
     assert err.code() is grpc.StatusCode.DATA_LOSS, err.details()
-    assert "hash mismatch for backup.xbstream.zst-001" in (err.details() or "")
-    assert (target.workdir / "state-zone1-0000000104" / "restore_in_progress").exists()
+    assert f"hash mismatch for ks/0/{done.name}/backup.xbstream.zst-001" in (err.details() or "")
+    assert fresh.is_answering() and fresh.value("SELECT COUNT(*) FROM keep.kept") == 3, "untouched"
+    assert not (target.workdir / "state-zone1-0000000104" / "restore.json").exists()
 
 
 def test_a_backup_without_our_hashes_restores_as_vitess_writes_it(

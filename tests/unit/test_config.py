@@ -83,3 +83,19 @@ def test_bad_alias_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
                "--file_backup_storage_root", "/b"])  # fmt: skip
     assert rc == 2
     assert "invalid tablet alias 'nope'" in capsys.readouterr().err
+
+
+def test_gcs_storage_needs_a_bucket_and_takes_vitess_flag_names() -> None:
+    base = {"tablet_alias": "zone1-1", "init_keyspace": "ks", "init_shard": "0", "mycnf_file": "/x/my.cnf"}
+    with pytest.raises(ConfigError, match="--gcs_backup_storage_bucket is required"):
+        build_config({**base, "backup_storage_implementation": "gcs"}, environ={})
+    cfg = build_config(
+        {**base, "backup-storage-implementation": "gcs", "gcs-backup-storage-bucket": "b",
+         "gcs_backup_storage_root": "prod", "gcs_backup_storage_endpoint": "http://127.0.0.1:9023"},
+        environ={},
+    )  # fmt: skip
+    assert cfg.backup_storage_implementation == "gcs" and cfg.gcs_backup_storage_root == "prod"
+    from agent.storage import storage_from_config
+
+    storage = storage_from_config(cfg)
+    assert storage.describe() == "gs://b/prod"

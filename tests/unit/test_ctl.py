@@ -190,8 +190,11 @@ def test_plain_table_has_a_header_aligned_columns_and_indented_incrementals() ->
 
 def test_verification_is_shown_when_the_agent_reports_it() -> None:
     backups = chain()[:1]
-    backups[0].verification = "verified"
-    assert " verified " in listing.render_plain(listing.chain_rows(backups), NOW)
+    backups[0].verification, backups[0].verification_depth = "failed", "deep"
+    backups[0].verification_problems.append("object 0: sha256 mismatch")
+    assert " failed (deep) " in listing.render_plain(listing.chain_rows(backups), NOW)
+    doc = listing.as_json(backups, "ks/0")["backups"][0]
+    assert (doc["verification"], doc["verification_problems"]) == ("failed", ["object 0: sha256 mismatch"])
 
 
 def test_json_has_the_same_keys_for_every_backup() -> None:

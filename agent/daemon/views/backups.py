@@ -6,6 +6,7 @@ from datetime import datetime
 
 from agent.catalog.listing import BackupEntry, list_backup_entries
 from agent.catalog.manifest import Manifest, parse_time
+from agent.catalog.verification import Verification, read_verifications
 from agent.daemon import convert
 from agent.errors import FailedPrecondition, NotFound
 from agent.pb import agentdata_pb2
@@ -20,8 +21,15 @@ def stored_size(m: Manifest) -> int:
     return total
 
 
-def backup_info(entry: BackupEntry) -> agentdata_pb2.BackupInfo:
+def backup_info(entry: BackupEntry, verification: Verification | None = None) -> agentdata_pb2.BackupInfo:
     info = agentdata_pb2.BackupInfo(name=entry.name, directory=entry.directory, complete=entry.complete)
+    if verification is not None:
+        info.verification = "ok" if verification.ok else "failed"
+        info.verification_depth = str(verification.depth)
+        info.verification_problems.extend(verification.problems)
+        verified = convert.time_to_pb(verification.verified_at)
+        if verified is not None:
+            info.verified_time.CopyFrom(verified)
     m = entry.manifest
     if m is None:
         return info
@@ -48,9 +56,14 @@ def _parse(value: str) -> datetime | None:
 
 
 async def list_backups(tablet: Tablet, include_incomplete: bool) -> agentdata_pb2.ListBackupsResponse:
-    entries = await list_backup_entries(tablet.storage, tablet.backup_directory)
+    entries = [
+        e
+        for e in await list_backup_entries(tablet.storage, tablet.backup_directory)
+        if e.complete or include_incomplete
+    ]
+    verifications = await read_verifications(entries)
     return agentdata_pb2.ListBackupsResponse(
-        backups=[backup_info(e) for e in entries if e.complete or include_incomplete],
+        backups=[backup_info(e, v) for e, v in zip(entries, verifications, strict=True)],
         directory=tablet.backup_directory,
     )
 
