@@ -185,9 +185,11 @@ def full_for_restore(
     backups: Sequence[Info], before: datetime | None, allowed_engines: Sequence[str]
 ) -> Info | None:
     """The full backup a plain restore takes (as the agent chooses it): the newest complete one, taken
-    at or before `before`, made by an allowed engine."""
+    at or before `before`, made by an allowed engine, whose last verification did not fail."""
     for b in reversed(backups):
         if not b.complete or b.incremental or (allowed_engines and b.engine not in allowed_engines):
+            continue
+        if b.verification == "failed":
             continue
         started = pb_time(b.backup_time)
         if before is not None and (started is None or started > before):

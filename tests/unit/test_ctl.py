@@ -226,6 +226,9 @@ def test_a_plain_restore_takes_the_newest_full_and_the_chain_reaches_further() -
     assert older is not None and older.name.startswith("2026-11-20")
     assert [b.name[:17] for b in listing.furthest_chain(backups, older)] == ["2026-11-21.180000"]
     assert listing.full_for_restore(backups, None, ["xtrabackup"]) is None
+    backups[2].verification = "failed"  # the agent passes over a full backup whose verification failed
+    passed_over = listing.full_for_restore(backups, None, [])
+    assert passed_over is not None and passed_over.name.startswith("2026-11-20")
 
 
 # --- the daemon's flags ---
