@@ -272,6 +272,72 @@ class AgentConfig(BaseModel):
         description="Status reports a health problem when the newest backup is older (0: never)",
     )
 
+    # vttablet's restore at start-up
+    restore_from_backup: bool = Field(
+        default=False,
+        description="at start, restore the newest backup when the datadir holds no user data (vttablet's flag)",
+    )
+    restore_from_backup_ts: str = Field(
+        default="",
+        description="with --restore_from_backup: the newest backup at or before YYYY-MM-DD.HHMMSS (UTC)",
+    )
+    restore_to_pos: str = Field(
+        default="", description="with --restore_from_backup: restore to this GTID position"
+    )
+    restore_to_timestamp: str = Field(
+        default="",
+        description="with --restore_from_backup: restore to this time (RFC 3339, e.g. 2026-01-02T15:04:05Z)",
+    )
+    restore_from_backup_allowed_engines: str = Field(
+        default="",
+        description="with --restore_from_backup: engines the backup may come from (comma-separated)",
+    )
+    restore_concurrency: int = Field(default=4, ge=1, le=64, description="files restored in parallel")
+    wait_for_backup_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="with --restore_from_backup and no backup yet: check again this often (seconds or a Go "
+        "duration like 10s); 0 starts up empty",
+    )
+    manifest_external_decompressor: str = Field(
+        default="",
+        description="the decompressor command recorded in the MANIFEST of externally compressed backups "
+        "(default: --external-decompressor)",
+    )
+    backup_storage_compress: bool = Field(
+        default=True, description="false: store backups uncompressed (as --compression-engine-name=none)"
+    )
+    s3_backup_aws_retries: int = Field(
+        default=-1, ge=-1, le=100, description="attempts per S3 request (-1: the agent's default)"
+    )
+    s3_backup_tls_skip_verify_cert: bool = Field(
+        default=False, description="do not verify the S3 endpoint's TLS certificate (test setups only)"
+    )
+    db_credentials_server: str = Field(
+        default="file", description="where --db_credentials_file comes from: file (vault is not supported)"
+    )
+    ignored_flags: tuple[str, ...] = Field(default=(), description="vttablet flags accepted and ignored")
+
+    @field_validator(
+        "wait_for_backup_interval",
+        "mysql_shutdown_timeout",
+        "mysqld_start_timeout",
+        "grpc_shutdown_grace",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_unset(cls, data: Any) -> Any:
+        """`--flag=` (as vttablet flag files write defaults) leaves an optional setting unset."""
+        if not isinstance(data, dict):
+            return data
+        optional = {n for n, f in cls.model_fields.items() if f.default is None}
+        return {k: v for k, v in data.items() if not (k in optional and v == "")}
+
     @field_validator("init_tablet_type", mode="before")
     @classmethod
     def _upper_enum(cls, v: Any) -> Any:
@@ -337,6 +403,11 @@ class AgentConfig(BaseModel):
             raise ValueError(
                 "--compression-engine-name=external needs --external-compressor and --external-decompressor"
             )
+        if self.db_credentials_server != "file":
+            raise ValueError(
+                f"--db-credentials-server={self.db_credentials_server} is not supported: use a credentials file "
+                "(--db_credentials_file) or TABLET_AGENT_DB_PASSWORD"
+            )
         if self.topo_implementation not in ("", "etcd2"):
             raise ValueError(
                 f"unknown --topo_implementation {self.topo_implementation!r}: use etcd2 (or none)"
@@ -400,7 +471,47 @@ def canonical_key(name: str) -> str:
 
 
 def config_keys() -> list[str]:
-    return list(AgentConfig.model_fields)
+    """The settable keys (flags, TOML keys, environment names)."""
+    return [k for k in AgentConfig.model_fields if k != "ignored_flags"]
+
+
+# vttablet's backup flags that mean nothing here: accepted (so a vttablet flag file works unchanged) and
+# logged as ignored, with why.
+IGNORED_VITESS_FLAGS: dict[str, str] = {
+    "backup_storage_block_size": "the agent sizes compression frames itself",
+    "backup_storage_number_blocks": "the agent sizes its compression threads to the CPUs",
+    "backup_storage_hook": "transform hooks are not supported; use --compression-engine-name=external",
+    "builtinbackup_file_read_buffer_size": "the agent reads in 4 MiB chunks",
+    "builtinbackup_file_write_buffer_size": "the agent writes in 1 MiB chunks",
+    "builtinbackup_progress": "progress is reported every few seconds in the operation's events",
+    "builtinbackup_mysqld_timeout": "the builtin engine uses --mysql_shutdown_timeout",
+    "s3_backup_log_level": "S3 requests are logged at debug level by the agent",
+    "incremental_restore_path": "binlogs of a point-in-time restore go to the restore's own work directory",
+    "ceph_backup_storage_config": "for Ceph, use --backup_storage_implementation=s3 with its RGW endpoint",
+    "mysql_server_version": "the agent asks mysqld its version",
+    "mycnf_server_id": "the agent reads server_id from --mycnf_file",
+}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `1.5`, or a Go duration (`10s`, `1m30s`, `500ms`, `2h`)."""
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    total, rest = 0.0, value
+    pattern = re.compile(r"^([0-9]*\.?[0-9]+)(ms|us|µs|ns|h|m|s)")
+    if not rest:
+        raise ValueError(f"invalid duration {text!r}")
+    while rest:
+        m = pattern.match(rest)
+        if m is None:
+            raise ValueError(f"invalid duration {text!r}: use seconds or a Go duration such as 10s or 1m30s")
+        total += float(m.group(1)) * units[m.group(2)]
+        rest = rest[m.end() :]
+    return total
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -445,6 +556,13 @@ def build_config(
         merged.update(load_toml(config_file))
     merged.update(env_values(environ))
     merged.update({canonical_key(k): v for k, v in flags.items() if v is not None})
+    ignored = sorted(k for k in merged if k in IGNORED_VITESS_FLAGS)
+    for key in ignored:
+        merged.pop(key)
+    if ignored:
+        merged["ignored_flags"] = tuple(ignored)
+    if str(merged.get("backup_storage_compress", "true")).lower() not in BOOL_TRUE:
+        merged.setdefault("compression_engine_name", "none")
     missing = [
         f"--{name}"
         for name in ("tablet_alias", "init_keyspace", "init_shard", "mycnf_file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from bench.common import (
     BenchResult,
+    DowntimeProbe,
     datadir_megabytes,
     dataset,
     drop_caches,
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         b = BenchResult("builtin_backup", megabytes=mb, reference=f"tar | zstd -T0 -{ZSTD_LEVEL} > file")
         r = BenchResult("builtin_restore", megabytes=mb, reference="zstd -dc | tar -x")
         cache_note = ""
+        downtimes: list[float] = []
         agent = start_agent(sb, storage, work / "agent", ["--compression_level", str(ZSTD_LEVEL)])
         try:
             for _ in range(args.rounds):
@@ -95,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 drop_caches()
                 b.ref_seconds.append(timed(lambda: shell_backup(sb, archive)))
                 drop_caches()
-                r.agent_seconds.append(timed(lambda: restore(agent, timeout=3600)))
+                with DowntimeProbe(sb) as probe:
+                    r.agent_seconds.append(timed(lambda: restore(agent, timeout=3600)))
+                downtimes.append(probe.seconds)
                 drop_caches()
                 r.ref_seconds.append(timed(lambda: shell_restore(sb, archive)))
             assert agent.proc is not None
@@ -104,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             agent.stop()
         report([b, r], [cache_note, f"data set {mb:.0f} MB of InnoDB files, {args.rounds} rounds, medians"],
                f"python -m bench.builtin --size-gb {args.size_gb} --rounds {args.rounds}")  # fmt: skip
+        print(
+            f"BENCH restore_downtime seconds={statistics.median(downtimes):.2f} "
+            f"restore_seconds={statistics.median(r.agent_seconds):.2f} (staged: stop, swap, start)",
+            flush=True,
+        )
         print(
             f"memory: peak RSS {small_rss:.1f} MB with {small_gb:.2f} GB of data, {rss:.1f} MB with {mb / 1000:.2f} GB "
             f"({'flat' if rss < small_rss * 1.25 + 10 else 'GROWS'} in data size)"

@@ -9,6 +9,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -130,3 +131,37 @@ def report(results: list[BenchResult], notes: list[str], command: str) -> None:
     (RESULTS / f"{results[0].name if len(results) == 1 else 'bench'}-{stamp}.json").write_text(
         json.dumps(record, indent=2)
     )
+
+
+class DowntimeProbe:
+    """Seconds a sandbox's mysqld does not answer while the block runs (polled every 50 ms): the
+    downtime a restore causes, as a client of the tablet sees it."""
+
+    def __init__(self, sb: Sandbox, interval: float = 0.05) -> None:
+        self._sb = sb
+        self._interval = interval
+        self._stop = threading.Event()
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> DowntimeProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        down_since: float | None = None
+        while not self._stop.is_set():
+            t = time.monotonic()
+            if self._sb.is_answering():
+                if down_since is not None:
+                    self.seconds += t - down_since
+                    down_since = None
+            elif down_since is None:
+                down_since = t
+            self._stop.wait(self._interval)
+        if down_since is not None:
+            self.seconds += time.monotonic() - down_since

@@ -22,7 +22,12 @@ from agent.config import AgentConfig
 from agent.errors import ConfigError, PermissionDenied
 from agent.log import get_logger
 
-READ_ONLY_METHODS = frozenset({"Ping", "Status", "FullStatus", "ListBackups", "WatchOperation"})
+READ_ONLY_METHODS = frozenset(
+    {
+        "Ping", "Status", "FullStatus", "ListBackups", "WatchOperation",
+        "ReplicationStatus", "PrimaryStatus", "PrimaryPosition",
+    }
+)  # fmt: skip
 
 audit = get_logger("agent.audit")
 

@@ -18,7 +18,7 @@ import uvloop
 
 from agent import AGENT_VERSION
 from agent.binlogs.pending import pending_binlogs
-from agent.config import AgentConfig, build_config, canonical_key, config_keys
+from agent.config import IGNORED_VITESS_FLAGS, AgentConfig, build_config, canonical_key, config_keys
 from agent.daemon.metrics import AgentMetrics
 from agent.daemon.sdnotify import SystemdNotifier
 from agent.daemon.server import AgentServer
@@ -26,6 +26,7 @@ from agent.daemon.servicer import TabletManagerServicer
 from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
 from agent.operations import Operation
+from agent.ops.restore.at_start import restore_on_start, startup_restore_params
 from agent.ops.startup import prepare_tablet
 from agent.ops.tablet_type import current_type
 from agent.tablet import Tablet
@@ -88,7 +89,29 @@ def make_parser() -> FlagParser:
             parser.add_argument(*names, dest=name, nargs="?", const="true", metavar="BOOL", help=help_text)
         else:
             parser.add_argument(*names, dest=name, metavar=name.upper(), help=help_text or None)
+    for name, why in IGNORED_VITESS_FLAGS.items():
+        parser.add_argument("--" + name, dest=name, metavar="VALUE", help=f"vttablet's; ignored: {why}")
+    parser.add_argument(
+        "--flagfile",
+        type=Path,
+        help="a file of flags, one `--name=value` per line (# comments): a vttablet flag file works",
+    )
     return parser
+
+
+def read_flagfile(path: Path) -> list[str]:
+    """The flags of a vttablet-style flag file: one `--name=value` (or `--name value`) per line."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"--flagfile {path}: {e.strerror or e}") from None
+    out: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        out.extend(text.split(None, 1) if " " in text and "=" not in text.split(" ", 1)[0] else [text])
+    return out
 
 
 SECRET_FLAGS = {
@@ -98,7 +121,7 @@ SECRET_FLAGS = {
 
 
 def parse_config(argv: Sequence[str]) -> AgentConfig:
-    argv = normalize_argv(argv)
+    argv = normalize_argv(_expand_flagfiles(argv))
     for arg in argv:
         name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
         if name in SECRET_FLAGS:
@@ -111,8 +134,36 @@ def parse_config(argv: Sequence[str]) -> AgentConfig:
     return build_config(args, config_file=config_file)
 
 
+def _expand_flagfiles(argv: Sequence[str]) -> list[str]:
+    """`--flagfile F` / `--flagfile=F` replaced by the file's flags (later flags on the command line win)."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--flagfile", "--flag_file", "--flag-file") and i + 1 < len(args):
+            out = read_flagfile(Path(args[i + 1])) + out
+            i += 2
+            continue
+        if arg.startswith(("--flagfile=", "--flag_file=", "--flag-file=")):
+            out = read_flagfile(Path(arg.split("=", 1)[1])) + out
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+async def _restore_on_start(tablet: Tablet) -> None:
+    try:
+        await restore_on_start(tablet)
+    except AgentError as e:
+        log.error("--restore_from_backup: the restore could not start", error=str(e))
+
+
 async def serve(config: AgentConfig) -> int:
     notifier = SystemdNotifier()
+    if config.restore_from_backup:
+        startup_restore_params(config)  # flags that cannot be read end the start with exit 2
     tablet = Tablet.create(config)
     await prepare_tablet(tablet)
     server = AgentServer(TabletManagerServicer(tablet), config)
@@ -134,6 +185,8 @@ async def serve(config: AgentConfig) -> int:
         asyncio.create_task(tablet.summary.run()),
         asyncio.create_task(track_pending_binlogs(tablet, metrics)),
     ]
+    if config.restore_from_backup:
+        background.append(asyncio.create_task(_restore_on_start(tablet)))
     notifier.notify("READY=1", f"STATUS=serving on {config.grpc_bind_address}:{port}")
 
     stop = asyncio.Event()
@@ -268,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tablet-agent: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.log_format, config.log_level)
+    for name in config.ignored_flags:
+        log.warning(
+            f"--{name} is accepted for vttablet compatibility and ignored: {IGNORED_VITESS_FLAGS[name]}"
+        )
     try:
         return uvloop.run(serve(config))
     except ConfigError as e:

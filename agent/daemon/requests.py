@@ -65,9 +65,15 @@ def backup_params(req: tabletmanagerdata_pb2.BackupRequest, config: AgentConfig)
     init_sql = None
     if req.HasField("init_sql") and req.init_sql.queries:
         init = req.init_sql
-        init_timeout = duration_from_pb(init.timeout) if init.HasField("timeout") else 30.0
-        if init_timeout <= 0 or init_timeout > MAX_SHUTDOWN_TIMEOUT:
-            raise InvalidArgument(f"init_sql.timeout: {init_timeout:g}s is out of range")
+        if not init.tablet_types:
+            raise InvalidArgument(
+                "init_sql.tablet_types: give the tablet types the queries run on (e.g. REPLICA, RDONLY)"
+            )
+        if not init.HasField("timeout") or duration_from_pb(init.timeout) <= 0:
+            raise InvalidArgument("init_sql.timeout: give a positive timeout for the queries")
+        init_timeout = duration_from_pb(init.timeout)
+        if init_timeout > MAX_SHUTDOWN_TIMEOUT:
+            raise InvalidArgument(f"init_sql.timeout: {init_timeout:g}s is out of range; at most 24h")
         init_sql = InitSQL(
             queries=tuple(init.queries),
             tablet_types=tuple(topodata_pb2.TabletType.Name(t) for t in init.tablet_types),

@@ -13,6 +13,7 @@ import grpc
 from agent.catalog.verification import Depth
 from agent.daemon import convert
 from agent.daemon.requests import backup_params, restore_params
+from agent.daemon.views import replication
 from agent.daemon.views.backups import list_backups, remove_backup
 from agent.daemon.views.full_status import build_full_status
 from agent.daemon.views.status import build_status
@@ -20,7 +21,7 @@ from agent.errors import AgentError
 from agent.log import get_logger
 from agent.operations import Operation, error_status
 from agent.ops.backup import start_backup
-from agent.ops.restore import discard_previous, start_restore
+from agent.ops.restore.run import discard_previous, start_restore
 from agent.ops.verify import start_verify
 from agent.pb import agentdata_pb2, tabletmanagerdata_pb2, tabletmanagerservice_pb2_grpc
 from agent.tablet import Tablet
@@ -90,6 +91,31 @@ class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer)
             return tabletmanagerdata_pb2.FullStatusResponse(status=await build_full_status(self.tablet))
 
         return await _call(context, full)
+
+    async def ReplicationStatus(
+        self, request: tabletmanagerdata_pb2.ReplicationStatusRequest, context: Ctx
+    ) -> tabletmanagerdata_pb2.ReplicationStatusResponse:
+        return await _call(context, lambda: replication.replication_status(self.tablet))
+
+    async def PrimaryStatus(
+        self, request: tabletmanagerdata_pb2.PrimaryStatusRequest, context: Ctx
+    ) -> tabletmanagerdata_pb2.PrimaryStatusResponse:
+        return await _call(context, lambda: replication.primary_status(self.tablet))
+
+    async def PrimaryPosition(
+        self, request: tabletmanagerdata_pb2.PrimaryPositionRequest, context: Ctx
+    ) -> tabletmanagerdata_pb2.PrimaryPositionResponse:
+        return await _call(context, lambda: replication.primary_position(self.tablet))
+
+    async def StopReplication(
+        self, request: tabletmanagerdata_pb2.StopReplicationRequest, context: Ctx
+    ) -> tabletmanagerdata_pb2.StopReplicationResponse:
+        return await _call(context, lambda: replication.stop_replication(self.tablet))
+
+    async def StartReplication(
+        self, request: tabletmanagerdata_pb2.StartReplicationRequest, context: Ctx
+    ) -> tabletmanagerdata_pb2.StartReplicationResponse:
+        return await _call(context, lambda: replication.start_replication(self.tablet, request.semiSync))
 
     async def Status(
         self, request: agentdata_pb2.StatusRequest, context: Ctx

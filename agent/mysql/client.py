@@ -9,6 +9,7 @@ Passwords never appear in messages or reprs.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -68,7 +69,12 @@ def credentials_from(mycnf: MyCnf, credentials_file: Path | None, environ: Mappi
                 f"--db_credentials_file {credentials_file} is readable by every user: "
                 f"run `chmod 600 {credentials_file}`"
             )
-        layers.append(read_client_options(credentials_file, "--db_credentials_file"))
+        wanted = environ.get(ENV_USER) or mycnf.client.user
+        layers.append(
+            read_json_credentials(credentials_file, wanted)
+            if _is_json(credentials_file)
+            else read_client_options(credentials_file, "--db_credentials_file")
+        )
     layers.append(ClientOptions(user=environ.get(ENV_USER) or None, password=environ.get(ENV_PASSWORD)))
     user, password = "root", None
     for layer in layers:
@@ -84,6 +90,38 @@ def credentials_from(mycnf: MyCnf, credentials_file: Path | None, environ: Mappi
         host=next((o.host for o in files if o.host), None),
         port=next((o.port for o in files if o.port), mycnf.port),
     )
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        return path.read_text(errors="replace").lstrip().startswith("{")
+    except OSError:
+        return False  # the option-file reader reports it
+
+
+def read_json_credentials(path: Path, wanted_user: str | None) -> ClientOptions:
+    """Vitess's JSON credentials file (`{"user": ["password", ...]}`): the entry of `wanted_user`, or the
+    only entry; ConfigError naming the users and the fix otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--db_credentials_file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(x, str) for x in v)
+        for k, v in data.items()
+    ):
+        raise ConfigError(f'--db_credentials_file {path}: expected Vitess\'s form {{"user": ["password"]}}')
+    if wanted_user in data:
+        user = wanted_user
+    elif len(data) == 1:
+        user = next(iter(data))
+    else:
+        raise ConfigError(
+            f"--db_credentials_file {path} holds several users ({', '.join(sorted(data))}): say which one the "
+            f"agent connects as with the [client] user of --mycnf_file or {ENV_USER}"
+        )
+    passwords = data[user]
+    return ClientOptions(user=user, password=passwords[0] if passwords else None)
 
 
 class QueryError(AgentError):

@@ -37,6 +37,8 @@ EXCLUDED_SUFFIXES = (".pid", ".sock", ".sock.lock", ".err", ".tmp")
 # Besides the numbered files: the index, and MariaDB's `.state` (the binlog GTID state saved at shutdown
 # and read at start-up; a stale one would make a restored server believe it has GTIDs it does not have).
 BINLOG_SIDE_FILES = frozenset({"index", "state"})
+# Schemas every server has (and Vitess's sidecar schema): not user data.
+SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys", "_vt"})
 INNODB_LOG_RE = re.compile(r"^ib_logfile\d+$")
 
 
@@ -177,3 +179,17 @@ def write_binlog_state(directory: Path, log_bin_name: str, gtids: MariaDBGTIDSet
     path = directory / f"{log_bin_name}.state"
     path.write_text("".join(f"{gtid}\n" for gtid in gtids))
     path.chmod(0o640)
+
+
+def user_schemas_on_disk(datadir: Path) -> list[str]:
+    """Database directories of a stopped server's datadir that are not system schemas."""
+    if not datadir.is_dir():
+        return []
+    return sorted(
+        d.name
+        for d in datadir.iterdir()
+        if d.is_dir()
+        and not d.name.startswith(("#", "."))
+        and d.name not in SYSTEM_SCHEMAS
+        and d.name != "lost+found"
+    )

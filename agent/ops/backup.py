@@ -20,9 +20,9 @@ from agent.errors import AgentError, DataLoss, FailedPrecondition
 from agent.mysql.gtid import parse_position
 from agent.operations import Kind, Operation
 from agent.ops.codecs import codec_for_backup, compression_fields
-from agent.ops.tablet_type import check_backup_allowed
+from agent.ops.tablet_type import check_backup_allowed, resting_type
 from agent.ops.verify import verify_backup
-from agent.params import BackupParams
+from agent.params import BackupParams, InitSQL
 from agent.storage.base import BackupHandle
 from agent.storage.recording import RecordingHandle
 from agent.tablet import Tablet
@@ -46,6 +46,8 @@ async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
 async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: Operation) -> None:
     config = tablet.config
     directory = tablet.backup_directory
+    if params.init_sql is not None:
+        await run_init_sql(tablet, params.init_sql, op)
     started, name, stored = await _new_backup(tablet)
     handle = RecordingHandle(stored)
     op.backup_name = name
@@ -92,7 +94,7 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
                 "UpgradeSafe": params.upgrade_safe,
                 "BackupMethod": engine.name,
                 "TabletAgent": AgentInfo(Version=AGENT_VERSION),
-                **compression_fields(codec),
+                **compression_fields(codec, config),
                 **outcome.manifest_fields,
             },
         )
@@ -167,3 +169,27 @@ async def incremental_source(tablet: Tablet, params: BackupParams) -> Incrementa
     raise FailedPrecondition(
         f"incremental_from_pos={text}: no backup of that name in {directory}; `tabletctl backups` lists them"
     )
+
+
+async def run_init_sql(tablet: Tablet, init: InitSQL, op: Operation) -> None:
+    """Run the request's queries (in one session, within their timeout) when this tablet's type is one
+    they are for; a failure fails the backup only with fail_on_error, as Vitess does."""
+    tablet_type = resting_type(tablet)
+    if tablet_type not in init.tablet_types:
+        op.info(
+            f"init_sql: not run (the tablet is a {tablet_type}; the queries are for {', '.join(init.tablet_types)})"
+        )
+        return
+    op.set_phase("running init_sql")
+    try:
+        async with asyncio.timeout(init.timeout):
+            async with tablet.client.connection() as session:
+                for query in init.queries:
+                    await session.execute(query)
+    except (AgentError, TimeoutError) as e:
+        reason = f"timed out after {init.timeout:g}s" if isinstance(e, TimeoutError) else str(e)
+        if init.fail_on_error:
+            raise FailedPrecondition(f"init_sql failed: {reason}; nothing was backed up") from None
+        op.warning(f"init_sql failed: {reason}; backing up anyway (fail_on_error is off)")
+        return
+    op.info(f"init_sql: {len(init.queries)} quer{'y' if len(init.queries) == 1 else 'ies'} run")

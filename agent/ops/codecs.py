@@ -24,13 +24,17 @@ def codec_for_backup(config: AgentConfig) -> compression.Codec:
     return compression.get_codec(config.compression_engine_name, codec_options(config))
 
 
-def compression_fields(codec: compression.Codec) -> dict[str, Any]:
-    """CompressionEngine / SkipCompress / ExternalDecompressor as MANIFEST keys."""
+def compression_fields(codec: compression.Codec, config: AgentConfig) -> dict[str, Any]:
+    """CompressionEngine / SkipCompress / ExternalDecompressor as MANIFEST keys; the decompressor recorded
+    is --manifest-external-decompressor when set (Vitess's flag), else the one the codec uses."""
     fields = compression.manifest_compression(codec)
+    decompressor = fields["external_decompressor"]
+    if decompressor and config.manifest_external_decompressor:
+        decompressor = config.manifest_external_decompressor
     return {
         "CompressionEngine": fields["compression_engine"],
         "SkipCompress": fields["skip_compress"],
-        "ExternalDecompressor": fields["external_decompressor"],
+        "ExternalDecompressor": decompressor,
     }
 
 

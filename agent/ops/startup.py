@@ -8,7 +8,7 @@ from agent.errors import AgentError, NotFound
 from agent.log import get_logger
 from agent.mysql import replication
 from agent.mysql.replication import ReadOnlyState, ReplicationSnapshot
-from agent.ops.restore_recovery import recover
+from agent.ops.restore.recovery import recover
 from agent.statedir.crash_records import clear_offline_record, read_offline_record
 from agent.tablet import Tablet
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from agent.config import TabletType
 from agent.errors import AgentError, FailedPrecondition
 from agent.mysql import replication
+from agent.mysql.datafiles import SYSTEM_SCHEMAS
 from agent.params import RestoreParams
 from agent.tablet import Tablet
 from agent.topo.tablets import type_during
 
-# Schemas that every server has (and Vitess's own sidecar schema): not user data.
-SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys", "_vt")
+SYSTEM = tuple(sorted(SYSTEM_SCHEMAS))
 MAX_NAMED = 5
 
 
@@ -30,9 +30,12 @@ def current_type(tablet: Tablet) -> str:
         return "RESTORE"
     if running is not None and (during := type_during(running)) is not None:
         return during
-    if tablet.drained:
-        return "DRAINED"
-    return str(tablet.config.init_tablet_type)
+    return resting_type(tablet)
+
+
+def resting_type(tablet: Tablet) -> str:
+    """The type outside operations: DRAINED after a point-in-time restore, else the configured one."""
+    return "DRAINED" if tablet.drained else str(tablet.config.init_tablet_type)
 
 
 def check_backup_allowed(tablet: Tablet, allow_primary: bool) -> None:
@@ -63,8 +66,8 @@ async def check_restore_allowed(tablet: Tablet, params: RestoreParams) -> None:
                 str(r["name"])
                 for r in await session.query(
                     "SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA "
-                    f"WHERE SCHEMA_NAME NOT IN ({', '.join(['%s'] * len(SYSTEM_SCHEMAS))}) ORDER BY SCHEMA_NAME",
-                    SYSTEM_SCHEMAS,
+                    f"WHERE SCHEMA_NAME NOT IN ({', '.join(['%s'] * len(SYSTEM))}) ORDER BY SCHEMA_NAME",
+                    SYSTEM,
                 )
             ]
     except AgentError:

@@ -26,7 +26,7 @@ from agent.mysql.datafiles import write_binlog_state
 from agent.mysql.gtid import MariaDBGTIDSet, parse_position
 from agent.mysql.scratch import ScratchDirs, check_tables, scratch_mysqld
 from agent.operations import Kind, Operation
-from agent.ops.preflight import PlannedBackup, check_space, plan_backups, space_needs
+from agent.ops.restore.preflight import PlannedBackup, check_space, plan_backups, space_needs
 from agent.pipeline.load import DecodedStream
 from agent.tablet import Tablet
 from engines.base import RestoreContext, RestoreTargets
@@ -90,7 +90,7 @@ async def verify_backup(tablet: Tablet, entry: BackupEntry, depth: Depth, op: Op
     try:
         (plan,) = await plan_backups(tablet.config, RestorePath(entry, ()))
         n_objects = len(plan.objects)
-        problems, n_bytes = await verify_objects(plan, op, tablet.config.concurrency)
+        problems, n_bytes = await verify_objects(plan, op, tablet.config.restore_concurrency)
         if depth is Depth.DEEP and not problems:
             problems = await _deep(tablet, plan, op)
     except (DataLoss, FailedPrecondition) as e:
@@ -139,7 +139,8 @@ async def verify_objects(plan: PlannedBackup, op: Operation, concurrency: int) -
             problems[i] = f"{plan.object_path(record)} is missing"
             return
         except DataLoss as e:
-            problems[i] = f"{plan.object_path(record)}: {e}"
+            where = plan.object_path(record)
+            problems[i] = str(e) if where in str(e) else f"{where}: {e}"
             return
         finally:
             await stream.aclose()
@@ -175,7 +176,7 @@ async def _deep(tablet: Tablet, plan: PlannedBackup, op: Operation) -> list[str]
             op=op,
             handle=plan.entry.handle,
             manifest=plan.manifest,
-            concurrency=tablet.config.concurrency,
+            concurrency=tablet.config.restore_concurrency,
         )
         await plan.engine.restore(ctx)
         if plan.manifest.incremental:

@@ -55,6 +55,31 @@ class TabletManagerStub:
                 request_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusRequest.SerializeToString,
                 response_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusResponse.FromString,
                 _registered_method=True)
+        self.ReplicationStatus = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/ReplicationStatus',
+                request_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.ReplicationStatusRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.ReplicationStatusResponse.FromString,
+                _registered_method=True)
+        self.PrimaryStatus = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/PrimaryStatus',
+                request_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryStatusRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryStatusResponse.FromString,
+                _registered_method=True)
+        self.PrimaryPosition = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/PrimaryPosition',
+                request_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryPositionRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryPositionResponse.FromString,
+                _registered_method=True)
+        self.StopReplication = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/StopReplication',
+                request_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.StopReplicationRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.StopReplicationResponse.FromString,
+                _registered_method=True)
+        self.StartReplication = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/StartReplication',
+                request_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.StartReplicationRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.StartReplicationResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/tabletmanagerservice.TabletManager/Status',
                 request_serializer=agent_dot_pb_dot_agentdata__pb2.StatusRequest.SerializeToString,
@@ -114,6 +139,36 @@ class TabletManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FullStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicationStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrimaryStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrimaryPosition(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopReplication(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartReplication(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +239,31 @@ def add_TabletManagerServicer_to_server(servicer, server):
                     servicer.FullStatus,
                     request_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusRequest.FromString,
                     response_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusResponse.SerializeToString,
+            ),
+            'ReplicationStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicationStatus,
+                    request_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.ReplicationStatusRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.ReplicationStatusResponse.SerializeToString,
+            ),
+            'PrimaryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrimaryStatus,
+                    request_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryStatusRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryStatusResponse.SerializeToString,
+            ),
+            'PrimaryPosition': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrimaryPosition,
+                    request_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryPositionRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryPositionResponse.SerializeToString,
+            ),
+            'StopReplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopReplication,
+                    request_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.StopReplicationRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.StopReplicationResponse.SerializeToString,
+            ),
+            'StartReplication': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartReplication,
+                    request_deserializer=agent_dot_pb_dot_tabletmanagerdata__pb2.StartReplicationRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_tabletmanagerdata__pb2.StartReplicationResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -329,6 +409,141 @@ class TabletManager:
             '/tabletmanagerservice.TabletManager/FullStatus',
             agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusRequest.SerializeToString,
             agent_dot_pb_dot_tabletmanagerdata__pb2.FullStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicationStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/ReplicationStatus',
+            agent_dot_pb_dot_tabletmanagerdata__pb2.ReplicationStatusRequest.SerializeToString,
+            agent_dot_pb_dot_tabletmanagerdata__pb2.ReplicationStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrimaryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/PrimaryStatus',
+            agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryStatusRequest.SerializeToString,
+            agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrimaryPosition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/PrimaryPosition',
+            agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryPositionRequest.SerializeToString,
+            agent_dot_pb_dot_tabletmanagerdata__pb2.PrimaryPositionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopReplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/StopReplication',
+            agent_dot_pb_dot_tabletmanagerdata__pb2.StopReplicationRequest.SerializeToString,
+            agent_dot_pb_dot_tabletmanagerdata__pb2.StopReplicationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartReplication(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/StartReplication',
+            agent_dot_pb_dot_tabletmanagerdata__pb2.StartReplicationRequest.SerializeToString,
+            agent_dot_pb_dot_tabletmanagerdata__pb2.StartReplicationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class TabletManagerStub:
     Backup: _grpc.UnaryStreamMultiCallable[_tabletmanagerdata_pb2.BackupRequest, _tabletmanagerdata_pb2.BackupResponse]
     RestoreFromBackup: _grpc.UnaryStreamMultiCallable[_tabletmanagerdata_pb2.RestoreFromBackupRequest, _tabletmanagerdata_pb2.RestoreFromBackupResponse]
     FullStatus: _grpc.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.FullStatusRequest, _tabletmanagerdata_pb2.FullStatusResponse]
+    ReplicationStatus: _grpc.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.ReplicationStatusRequest, _tabletmanagerdata_pb2.ReplicationStatusResponse]
+    PrimaryStatus: _grpc.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.PrimaryStatusRequest, _tabletmanagerdata_pb2.PrimaryStatusResponse]
+    PrimaryPosition: _grpc.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.PrimaryPositionRequest, _tabletmanagerdata_pb2.PrimaryPositionResponse]
+    StopReplication: _grpc.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.StopReplicationRequest, _tabletmanagerdata_pb2.StopReplicationResponse]
+    StartReplication: _grpc.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.StartReplicationRequest, _tabletmanagerdata_pb2.StartReplicationResponse]
     Status: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.StatusRequest, _agentdata_pb2.StatusResponse]
     """tablet-agent's own RPCs."""
     ListBackups: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.ListBackupsRequest, _agentdata_pb2.ListBackupsResponse]
@@ -54,6 +59,11 @@ class TabletManagerAsyncStub(TabletManagerStub):
     Backup: _aio.UnaryStreamMultiCallable[_tabletmanagerdata_pb2.BackupRequest, _tabletmanagerdata_pb2.BackupResponse]  # type: ignore[assignment]
     RestoreFromBackup: _aio.UnaryStreamMultiCallable[_tabletmanagerdata_pb2.RestoreFromBackupRequest, _tabletmanagerdata_pb2.RestoreFromBackupResponse]  # type: ignore[assignment]
     FullStatus: _aio.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.FullStatusRequest, _tabletmanagerdata_pb2.FullStatusResponse]  # type: ignore[assignment]
+    ReplicationStatus: _aio.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.ReplicationStatusRequest, _tabletmanagerdata_pb2.ReplicationStatusResponse]  # type: ignore[assignment]
+    PrimaryStatus: _aio.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.PrimaryStatusRequest, _tabletmanagerdata_pb2.PrimaryStatusResponse]  # type: ignore[assignment]
+    PrimaryPosition: _aio.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.PrimaryPositionRequest, _tabletmanagerdata_pb2.PrimaryPositionResponse]  # type: ignore[assignment]
+    StopReplication: _aio.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.StopReplicationRequest, _tabletmanagerdata_pb2.StopReplicationResponse]  # type: ignore[assignment]
+    StartReplication: _aio.UnaryUnaryMultiCallable[_tabletmanagerdata_pb2.StartReplicationRequest, _tabletmanagerdata_pb2.StartReplicationResponse]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.StatusRequest, _agentdata_pb2.StatusResponse]  # type: ignore[assignment]
     """tablet-agent's own RPCs."""
     ListBackups: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.ListBackupsRequest, _agentdata_pb2.ListBackupsResponse]  # type: ignore[assignment]
@@ -91,6 +101,41 @@ class TabletManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _tabletmanagerdata_pb2.FullStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tabletmanagerdata_pb2.FullStatusResponse, _abc.Awaitable[_tabletmanagerdata_pb2.FullStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReplicationStatus(
+        self,
+        request: _tabletmanagerdata_pb2.ReplicationStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tabletmanagerdata_pb2.ReplicationStatusResponse, _abc.Awaitable[_tabletmanagerdata_pb2.ReplicationStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PrimaryStatus(
+        self,
+        request: _tabletmanagerdata_pb2.PrimaryStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tabletmanagerdata_pb2.PrimaryStatusResponse, _abc.Awaitable[_tabletmanagerdata_pb2.PrimaryStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PrimaryPosition(
+        self,
+        request: _tabletmanagerdata_pb2.PrimaryPositionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tabletmanagerdata_pb2.PrimaryPositionResponse, _abc.Awaitable[_tabletmanagerdata_pb2.PrimaryPositionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StopReplication(
+        self,
+        request: _tabletmanagerdata_pb2.StopReplicationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tabletmanagerdata_pb2.StopReplicationResponse, _abc.Awaitable[_tabletmanagerdata_pb2.StopReplicationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StartReplication(
+        self,
+        request: _tabletmanagerdata_pb2.StartReplicationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tabletmanagerdata_pb2.StartReplicationResponse, _abc.Awaitable[_tabletmanagerdata_pb2.StartReplicationResponse]]: ...
 
     @_abc_1.abstractmethod
     def Status(

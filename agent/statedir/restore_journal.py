@@ -74,6 +74,7 @@ class RestoreJournal(BaseModel):
     step: Step
     captured: CapturedState
     targets: tuple[SwapTargetRecord, ...] = ()
+    work_dir: Path | None = None  # scratch space of the restore, removed when it is settled
     keep_previous: bool = False
     error: str = ""  # why a rollback started
     updated: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -30,6 +30,7 @@ def _file_storage(config: AgentConfig) -> BackupStorage:
 def _s3_storage(config: AgentConfig) -> BackupStorage:
     # Imported here: the AWS SDK costs ~20 MB of memory that agents on other storage need not pay.
     from agent.storage.s3 import S3BackupStorage, S3Settings
+    from agent.storage.s3_parts import ATTEMPTS
 
     if not config.s3_backup_storage_bucket:
         raise ConfigError("--s3_backup_storage_bucket is required with --backup_storage_implementation=s3")
@@ -42,6 +43,8 @@ def _s3_storage(config: AgentConfig) -> BackupStorage:
             force_path_style=config.s3_backup_force_path_style,
             server_side_encryption=config.s3_backup_server_side_encryption,
             min_part_size=config.s3_backup_aws_min_partsize,
+            attempts=config.s3_backup_aws_retries if config.s3_backup_aws_retries > 0 else ATTEMPTS,
+            verify_tls=not config.s3_backup_tls_skip_verify_cert,
         )
     )
 

@@ -64,6 +64,8 @@ class S3Settings:
     force_path_style: bool = False
     server_side_encryption: str = ""
     min_part_size: int = 5 << 20
+    attempts: int = ATTEMPTS  # per request (Vitess's --s3_backup_aws_retries, -1 meaning the default)
+    verify_tls: bool = True  # False: --s3_backup_tls_skip_verify_cert
 
 
 def _status(e: botocore.exceptions.ClientError) -> tuple[int | None, str]:
@@ -110,7 +112,11 @@ class S3BackupStorage:
                     read_timeout=60,
                 )
                 self._client_cm = get_session().create_client(
-                    "s3", region_name=s.region or "us-east-1", endpoint_url=s.endpoint or None, config=config
+                    "s3",
+                    region_name=s.region or "us-east-1",
+                    endpoint_url=s.endpoint or None,
+                    config=config,
+                    verify=s.verify_tls,
                 )
                 self._client = await self._client_cm.__aenter__()
             return self._client
@@ -124,19 +130,20 @@ class S3BackupStorage:
         """Run one S3 request (`method` of the client) with retries on transient errors; StorageError
         when they persist. Not found is raised as botocore's ClientError for the caller to decide."""
         client = await self.client()
-        for attempt in range(1, ATTEMPTS + 1):
+        attempts = self.settings.attempts
+        for attempt in range(1, attempts + 1):
             try:
                 return await getattr(client, method)(**kwargs)
             except botocore.exceptions.ClientError as e:
                 status, code = _status(e)
                 if status == 404 or code in ("NoSuchKey", "NotFound", "NoSuchUpload"):
                     raise
-                if not is_retryable(status, code) or attempt == ATTEMPTS:
+                if not is_retryable(status, code) or attempt == attempts:
                     raise StorageError(f"{what} on {self.describe()} failed: {_describe(e)}") from None
             except CONNECTION_ERRORS as e:
-                if attempt == ATTEMPTS:
+                if attempt == attempts:
                     raise StorageError(
-                        f"{what} on {self.describe()} failed after {ATTEMPTS} attempts: {_describe(e)}"
+                        f"{what} on {self.describe()} failed after {attempts} attempts: {_describe(e)}"
                     ) from None
             except botocore.exceptions.NoCredentialsError:
                 raise StorageError(
@@ -317,7 +324,7 @@ async def _read(storage: S3BackupStorage, key: str, what: str) -> AsyncIterator[
             return
         except CONNECTION_ERRORS as e:
             attempt += 1
-            if attempt >= ATTEMPTS:
+            if attempt >= storage.settings.attempts:
                 raise StorageError(
                     f"reading {key} from {storage.describe()} failed at byte {offset}: {_describe(e)}"
                 ) from None

@@ -1,10 +1,11 @@
-"""Vitess's FullStatus RPC on a real replica and primary."""
+"""Vitess's FullStatus RPC on a real replica and primary, read with our own generated messages (the
+field-by-field comparison with Vitess's messages is in test_replication_rpcs.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.pb import tabletmanagerdata_pb2
+from agent.pb import tabletmanagerdata_pb2, topodata_pb2
 from tests.integration.conftest import AgentFactory
 from tests.sandbox import Sandbox
 
@@ -22,13 +23,16 @@ def test_full_status_of_a_replica_and_its_primary(
     pos = primary.write_rows(5)
     replica.wait_for_gtid(pos)
     s = full_status(agent_factory(replica))
-    assert s.server_id == replica.server_id and s.server_uuid
+    # MariaDB, as Vitess's MariaDB flavor reports it: no server UUID, GTID mode or purged set
+    assert s.server_id == replica.server_id and s.server_uuid == ""
     assert s.log_bin_enabled and s.log_replica_updates and s.binlog_format == "ROW"
-    assert s.version.endswith("-log") or "MariaDB" in s.version
-    assert s.gtid_purged.startswith("MariaDB/") and s.gtid_mode == "ON"
+    assert s.version.count(".") == 2 and s.version.replace(".", "").isdigit()
+    assert s.gtid_purged == "" and s.gtid_mode == ""
+    assert s.tablet_type == topodata_pb2.REPLICA
+    assert s.replication_configuration.replica_net_timeout > 0
     r = s.replication_status
     assert r.source_host == "127.0.0.1" and r.source_port == primary.port
-    assert r.io_state == 3 and r.sql_state == 3 and r.io_thread_running and r.sql_thread_running
+    assert r.io_state == 3 and r.sql_state == 3 and not r.backup_running
     assert r.position == f"MariaDB/{pos}" and r.using_gtid and not r.replication_lag_unknown
     assert r.file_position.startswith("FilePos/binlog.")
     assert s.primary_status.position == f"MariaDB/{pos}"

@@ -97,3 +97,61 @@ def test_tabletctl_backup_and_restore(
     )  # fmt: skip
     assert res.returncode == 1
     assert "allow_primary" in res.stderr
+
+
+def test_init_sql_runs_on_the_types_listed_and_can_fail_the_backup(
+    replica: Sandbox, agent_factory: AgentFactory, storage_root
+) -> None:
+    from agent.pb import tabletmanagerdata_pb2, topodata_pb2, vttime_pb2
+    from tests.integration.helpers import backup, rpc_error
+
+    agent = agent_factory(replica)
+
+    def init(queries: list[str], types: list[int], fail: bool, timeout: bool = True) -> object:
+        return tabletmanagerdata_pb2.BackupRequest.InitSQL(
+            queries=queries,
+            tablet_types=types,
+            timeout=vttime_pb2.Duration(seconds=10) if timeout else None,
+            fail_on_error=fail,
+        )
+
+    err = rpc_error(backup, agent, init_sql=init(["SELEKT junk"], [topodata_pb2.REPLICA], True))
+    assert err.code().name == "FAILED_PRECONDITION" and "init_sql failed" in (err.details() or "")
+    assert complete_backups(storage_root) == []
+    err = rpc_error(backup, agent, init_sql=init(["SELECT 1"], [topodata_pb2.REPLICA], True, timeout=False))
+    assert err.code().name == "INVALID_ARGUMENT" and "init_sql.timeout" in (err.details() or "")
+    err = rpc_error(backup, agent, init_sql=init(["SELECT 1"], [], True))
+    assert err.code().name == "INVALID_ARGUMENT" and "init_sql.tablet_types" in (err.details() or "")
+    marker = [
+        "CREATE DATABASE IF NOT EXISTS initsql",
+        "CREATE TABLE IF NOT EXISTS initsql.marker (i INT)",
+        "INSERT INTO initsql.marker VALUES (42)",
+    ]
+    events = backup(agent, init_sql=init(marker, [topodata_pb2.RDONLY], True))
+    assert any("init_sql: not run" in e for e in events)
+    assert (
+        replica.value("SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'initsql'") == 0
+    )
+    events = backup(agent, init_sql=init(marker, [topodata_pb2.REPLICA], True))
+    assert any("init_sql: 3 queries run" in e for e in events)
+    assert replica.value("SELECT i FROM initsql.marker") == 42
+    events = backup(agent, init_sql=init(["SELEKT junk"], [topodata_pb2.REPLICA], False))
+    assert any("init_sql failed" in e for e in events), "without fail_on_error the backup goes on"
+    assert len(complete_backups(storage_root)) == 3
+
+
+def test_a_backup_name_works_as_incremental_from_pos(
+    primary: Sandbox, replica: Sandbox, agent_factory: AgentFactory, storage_root
+) -> None:
+    from tests.integration.helpers import backup, manifest
+
+    primary.write_rows(10)
+    agent = agent_factory(replica)
+    backup(agent)
+    (full,) = complete_backups(storage_root)
+    replica.wait_for_gtid(primary.write_rows(5))
+    backup(agent, incremental_from_pos=full.name)
+    incremental = complete_backups(storage_root)[-1]
+    m = manifest(incremental)
+    assert m["Incremental"] is True and m["FromBackup"] == full.name
+    assert m["FromPosition"] == manifest(full)["Position"]

@@ -15,7 +15,7 @@ from agent.errors import DataLoss
 from agent.mysql import replication
 from agent.mysql.gtid import Position, parse_position
 from agent.operations import Operation
-from agent.ops.preflight import PlannedBackup
+from agent.ops.restore.preflight import PlannedBackup
 from agent.params import RestoreParams
 from agent.tablet import Tablet
 from engines.base import RestoreContext, RestoreTargets
@@ -39,7 +39,7 @@ async def restore_binlogs(
             op=op,
             handle=plan.entry.handle,
             manifest=plan.manifest,
-            concurrency=tablet.config.concurrency,
+            concurrency=tablet.config.restore_concurrency,
         )
         await plan.engine.restore(ctx)
         end = parse_position(plan.manifest.position, default_flavor=start.flavor)

@@ -10,7 +10,7 @@ from agent.errors import AgentError
 from agent.log import get_logger
 from agent.mysql import replication
 from agent.mysql.replication import ReadOnlyState
-from agent.ops import swap
+from agent.ops.restore import swap
 from agent.statedir.restore_journal import (
     CapturedState,
     RestoreJournal,
@@ -21,7 +21,7 @@ from agent.statedir.restore_journal import (
 )
 from agent.tablet import Tablet
 
-log = get_logger("agent.ops.restore_recovery")
+log = get_logger("agent.ops.restore.recovery")
 
 # Steps at which the live directories may hold restored data that must go out again.
 RESTORED_DATA_LIVE = (Step.SWAP_IN, Step.SWAPPED, Step.STARTED, Step.ROLLBACK_OUT)
@@ -69,7 +69,7 @@ async def roll_back(tablet: Tablet, journal: RestoreJournal) -> None:
         await finish(tablet, journal)
         return
     if journal.step is Step.STAGING:
-        await in_thread(swap.discard, journal.targets, None)
+        await in_thread(swap.discard, journal.targets, journal.work_dir)
         await _put_back_state(tablet, journal.captured)
         await in_thread(clear_journal, tablet.state_dir)
         return
@@ -84,7 +84,7 @@ async def roll_back(tablet: Tablet, journal: RestoreJournal) -> None:
         journal = await advance(tablet, journal, Step.ROLLBACK_BACK)
         await in_thread(swap.move_back, journal.targets)
         journal = await advance(tablet, journal, Step.ROLLED_BACK)
-    await in_thread(swap.discard, journal.targets, None)
+    await in_thread(swap.discard, journal.targets, journal.work_dir)
     await _put_back_state(tablet, journal.captured)
     await in_thread(clear_journal, tablet.state_dir)
 
@@ -93,6 +93,7 @@ async def finish(tablet: Tablet, journal: RestoreJournal) -> None:
     """A committed restore: drop the previous data (unless kept) and the journal."""
     if not journal.keep_previous:
         await in_thread(swap.drop_previous, journal.targets)
+    await in_thread(swap.discard, (), journal.work_dir)
     await in_thread(clear_journal, tablet.state_dir)
 
 

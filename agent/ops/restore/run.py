@@ -33,15 +33,9 @@ from agent.mysql.gtid import MariaDBGTIDSet, Position, parse_position
 from agent.mysql.master_info import ReplicationSource, configure_source, read_master_info
 from agent.mysql.mycnf import MyCnf
 from agent.operations import Kind, Operation
-from agent.ops import pitr, swap
-from agent.ops.preflight import (
-    PlannedBackup,
-    check_objects,
-    check_space,
-    plan_backups,
-    space_needs,
-)
-from agent.ops.restore_recovery import advance, capture_state, finish, roll_back
+from agent.ops.restore import pitr, swap
+from agent.ops.restore.preflight import PlannedBackup, check_objects, check_space, plan_backups, space_needs
+from agent.ops.restore.recovery import advance, capture_state, finish, roll_back
 from agent.ops.tablet_type import check_restore_allowed, current_type
 from agent.ops.verify import verify_objects
 from agent.params import RestoreParams
@@ -135,7 +129,7 @@ async def _verify_all(tablet: Tablet, plans: list[PlannedBackup], op: Operation)
     op.set_phase("verifying every stored object")
     problems = []
     for plan in plans:
-        found, _ = await verify_objects(plan, op, tablet.config.concurrency)
+        found, _ = await verify_objects(plan, op, tablet.config.restore_concurrency)
         problems += found
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -185,6 +179,7 @@ async def _restore_staged(
         step=Step.STAGING,
         captured=await capture_state(tablet, current_type(tablet)),
         targets=staging.targets,
+        work_dir=staging.work_dir,
         keep_previous=tablet.config.keep_previous_datadir,
     )
     await in_thread(write_journal, tablet.state_dir, journal)
@@ -373,7 +368,7 @@ def _context(
         op=op,
         handle=plan.entry.handle,
         manifest=plan.manifest,
-        concurrency=tablet.config.concurrency,
+        concurrency=tablet.config.restore_concurrency,
     )
 
 
