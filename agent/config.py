@@ -355,6 +355,25 @@ class AgentConfig(BaseModel):
         optional = {n for n, f in cls.model_fields.items() if f.default is None}
         return {k: v for k, v in data.items() if not (k in optional and v == "")}
 
+    @field_validator("init_tablet_type", mode="before")
+    @classmethod
+    def _upper_enum(cls, v: Any) -> Any:
+        """Enum values in any case: `replica` = `REPLICA`."""
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator(
+        "backup_storage_implementation",
+        "backup_engine_implementation",
+        "binlog_applier",
+        "verify_after_backup",
+        "log_format",
+        mode="before",
+    )
+    @classmethod
+    def _lower_enum(cls, v: Any) -> Any:
+        """Enum values in any case: `XtraBackup` = `xtrabackup`."""
+        return v.strip().lower() if isinstance(v, str) else v
+
     @field_validator("tablet_alias")
     @classmethod
     def _alias(cls, v: str) -> str:

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import MutableMapping, Sequence
+from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -47,7 +48,18 @@ log = get_logger("agent.daemon.main")
 
 
 class FlagParser(argparse.ArgumentParser):
+    """Exit code 2 on a bad flag, with the closest real flag names for an unknown or abbreviated one."""
+
     def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            known = sorted(s for a in self._actions for s in a.option_strings)
+            for arg in message.removeprefix(prefix).split():
+                name = arg.partition("=")[0]
+                if name.startswith("--"):
+                    guesses = [k for k in known if k.startswith(name)] or get_close_matches(name, known, 3)
+                    if guesses:
+                        message += f" (did you mean {' or '.join(guesses[:3])}? flags are not abbreviated)"
         self.exit(
             EXIT_CONFIG, f"tablet-agent: error: {message}\nrun `tablet-agent --help` for the list of flags\n"
         )
@@ -72,6 +84,7 @@ def make_parser() -> FlagParser:
         "Every flag is also a TOML key in --config and a TABLET_AGENT_<NAME> environment variable; "
         "dashes and underscores are interchangeable.",
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # `--grpc_p` must not silently mean --grpc_port
     )
     parser.add_argument("--config", type=Path, help="TOML config file")
     parser.add_argument("--version", action="version", version=f"tablet-agent {AGENT_VERSION}")

@@ -27,17 +27,17 @@ from agent.pb import topodata_pb2 as agent_dot_pb_dot_topodata__pb2
 from agent.pb import vttime_pb2 as agent_dot_pb_dot_vttime__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gent/pb/agentdata.proto\x12\x0btabletagent\x1a\x16\x61gent/pb/logutil.proto\x1a\x17\x61gent/pb/topodata.proto\x1a\x15\x61gent/pb/vttime.proto\"\xe6\x02\n\tOperation\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.tabletagent.OperationKind\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x12\n\nbytes_done\x18\x04 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x03\x12\x1d\n\x15rate_bytes_per_second\x18\x06 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x07 \x01(\x01\x12 \n\nstart_time\x18\x08 \x01(\x0b\x32\x0c.vttime.Time\x12\x1e\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x0c.vttime.Time\x12,\n\x06result\x18\n \x01(\x0e\x32\x1c.tabletagent.OperationResult\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x13\n\x0b\x62\x61\x63kup_name\x18\x0c \x01(\t\x12\x0e\n\x06\x65ngine\x18\r \x01(\t\x12\x13\n\x0bincremental\x18\x0e \x01(\x08\"\xa2\x01\n\x10ReplicationState\x12\x12\n\nconfigured\x18\x01 \x01(\x08\x12\x12\n\nio_running\x18\x02 \x01(\x08\x12\x13\n\x0bsql_running\x18\x03 \x01(\x08\x12\x13\n\x0blag_seconds\x18\x04 \x01(\x03\x12\x13\n\x0bsource_host\x18\x05 \x01(\t\x12\x13\n\x0bsource_port\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\"\xda\x01\n\x0bMysqldState\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x0e\n\x06\x66lavor\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tread_only\x18\x04 \x01(\x08\x12\x17\n\x0fsuper_read_only\x18\x05 \x01(\x08\x12\x32\n\x0breplication\x18\x06 \x01(\x0b\x32\x1d.tabletagent.ReplicationState\x12\x15\n\rgtid_executed\x18\x07 \x01(\t\x12\x13\n\x0bgtid_purged\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\"\xa6\x03\n\nBackupInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdirectory\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x13\n\x0bincremental\x18\x05 \x01(\x08\x12\x10\n\x08position\x18\x06 \x01(\t\x12\x15\n\rfrom_position\x18\x07 \x01(\t\x12\x13\n\x0b\x66rom_backup\x18\x08 \x01(\t\x12!\n\x0b\x62\x61\x63kup_time\x18\t \x01(\x0b\x32\x0c.vttime.Time\x12#\n\rfinished_time\x18\n \x01(\x0b\x32\x0c.vttime.Time\x12\x12\n\nsize_bytes\x18\x0b \x01(\x03\x12\x14\n\x0ctablet_alias\x18\x0c \x01(\t\x12\x1a\n\x12\x63ompression_engine\x18\r \x01(\t\x12\x14\n\x0cverification\x18\x0e \x01(\t\x12\x1a\n\x12verification_depth\x18\x0f \x01(\t\x12#\n\rverified_time\x18\x10 \x01(\x0b\x32\x0c.vttime.Time\x12\x1d\n\x15verification_problems\x18\x11 \x03(\t\",\n\rStatusRequest\x12\x1b\n\x13\x66inished_operations\x18\x01 \x01(\x05\"\xf6\x03\n\x0eStatusResponse\x12\x14\n\x0ctablet_alias\x18\x01 \x01(\t\x12\x10\n\x08keyspace\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\t\x12)\n\x0btablet_type\x18\x04 \x01(\x0e\x32\x14.topodata.TabletType\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x06 \x01(\x01\x12(\n\x06mysqld\x18\x07 \x01(\x0b\x32\x18.tabletagent.MysqldState\x12\x31\n\x11\x63urrent_operation\x18\x08 \x01(\x0b\x32\x16.tabletagent.Operation\x12\x33\n\x13\x66inished_operations\x18\t \x03(\x0b\x32\x16.tabletagent.Operation\x12\x31\n\x10last_full_backup\x18\n \x01(\x0b\x32\x17.tabletagent.BackupInfo\x12\x38\n\x17last_incremental_backup\x18\x0b \x01(\x0b\x32\x17.tabletagent.BackupInfo\x12\x0f\n\x07storage\x18\x0c \x01(\t\x12\x15\n\rbackup_engine\x18\r \x01(\t\x12\x17\n\x0fhealth_problems\x18\x0e \x03(\t\x12\x13\n\x0brestored_to\x18\x0f \x01(\t\"0\n\x12ListBackupsRequest\x12\x1a\n\x12include_incomplete\x18\x01 \x01(\x08\"?\n\x13ListBackupsResponse\x12(\n\x07\x62\x61\x63kups\x18\x01 \x03(\x0b\x32\x17.tabletagent.BackupInfo\"2\n\x13RemoveBackupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\'\n\x14RemoveBackupResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\"$\n\x16\x43\x61ncelOperationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x17\x43\x61ncelOperationResponse\x12)\n\toperation\x18\x01 \x01(\x0b\x32\x16.tabletagent.Operation\"#\n\x15WatchOperationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"b\n\x16WatchOperationResponse\x12\x1d\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0e.logutil.Event\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tabletagent.Operation\"]\n\x13VerifyBackupRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0c\n\x04\x64\x65\x65p\x18\x03 \x01(\x08\x12\x1c\n\x14\x63\x61ncel_on_disconnect\x18\x04 \x01(\x08\"5\n\x14VerifyBackupResponse\x12\x1d\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0e.logutil.Event\"\x18\n\x16\x44iscardPreviousRequest\"*\n\x17\x44iscardPreviousResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t*T\n\rOperationKind\x12\x1e\n\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06\x42\x41\x43KUP\x10\x01\x12\x0b\n\x07RESTORE\x10\x02\x12\n\n\x06VERIFY\x10\x03*s\n\x0fOperationResult\x12\x16\n\x12RESULT_UNSPECIFIED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\r\n\tSUCCEEDED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\r\n\tCANCELLED\x10\x04\x12\x11\n\rNOTHING_TO_DO\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gent/pb/agentdata.proto\x12\x0btabletagent\x1a\x16\x61gent/pb/logutil.proto\x1a\x17\x61gent/pb/topodata.proto\x1a\x15\x61gent/pb/vttime.proto\"\xe6\x02\n\tOperation\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.tabletagent.OperationKind\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x12\n\nbytes_done\x18\x04 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x03\x12\x1d\n\x15rate_bytes_per_second\x18\x06 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x07 \x01(\x01\x12 \n\nstart_time\x18\x08 \x01(\x0b\x32\x0c.vttime.Time\x12\x1e\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x0c.vttime.Time\x12,\n\x06result\x18\n \x01(\x0e\x32\x1c.tabletagent.OperationResult\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x13\n\x0b\x62\x61\x63kup_name\x18\x0c \x01(\t\x12\x0e\n\x06\x65ngine\x18\r \x01(\t\x12\x13\n\x0bincremental\x18\x0e \x01(\x08\"\xa2\x01\n\x10ReplicationState\x12\x12\n\nconfigured\x18\x01 \x01(\x08\x12\x12\n\nio_running\x18\x02 \x01(\x08\x12\x13\n\x0bsql_running\x18\x03 \x01(\x08\x12\x13\n\x0blag_seconds\x18\x04 \x01(\x03\x12\x13\n\x0bsource_host\x18\x05 \x01(\t\x12\x13\n\x0bsource_port\x18\x06 \x01(\x05\x12\x12\n\nlast_error\x18\x07 \x01(\t\"\xda\x01\n\x0bMysqldState\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x0e\n\x06\x66lavor\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tread_only\x18\x04 \x01(\x08\x12\x17\n\x0fsuper_read_only\x18\x05 \x01(\x08\x12\x32\n\x0breplication\x18\x06 \x01(\x0b\x32\x1d.tabletagent.ReplicationState\x12\x15\n\rgtid_executed\x18\x07 \x01(\t\x12\x13\n\x0bgtid_purged\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\"\xa6\x03\n\nBackupInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdirectory\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x13\n\x0bincremental\x18\x05 \x01(\x08\x12\x10\n\x08position\x18\x06 \x01(\t\x12\x15\n\rfrom_position\x18\x07 \x01(\t\x12\x13\n\x0b\x66rom_backup\x18\x08 \x01(\t\x12!\n\x0b\x62\x61\x63kup_time\x18\t \x01(\x0b\x32\x0c.vttime.Time\x12#\n\rfinished_time\x18\n \x01(\x0b\x32\x0c.vttime.Time\x12\x12\n\nsize_bytes\x18\x0b \x01(\x03\x12\x14\n\x0ctablet_alias\x18\x0c \x01(\t\x12\x1a\n\x12\x63ompression_engine\x18\r \x01(\t\x12\x14\n\x0cverification\x18\x0e \x01(\t\x12\x1a\n\x12verification_depth\x18\x0f \x01(\t\x12#\n\rverified_time\x18\x10 \x01(\x0b\x32\x0c.vttime.Time\x12\x1d\n\x15verification_problems\x18\x11 \x03(\t\",\n\rStatusRequest\x12\x1b\n\x13\x66inished_operations\x18\x01 \x01(\x05\"\xf6\x03\n\x0eStatusResponse\x12\x14\n\x0ctablet_alias\x18\x01 \x01(\t\x12\x10\n\x08keyspace\x18\x02 \x01(\t\x12\r\n\x05shard\x18\x03 \x01(\t\x12)\n\x0btablet_type\x18\x04 \x01(\x0e\x32\x14.topodata.TabletType\x12\x15\n\ragent_version\x18\x05 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x06 \x01(\x01\x12(\n\x06mysqld\x18\x07 \x01(\x0b\x32\x18.tabletagent.MysqldState\x12\x31\n\x11\x63urrent_operation\x18\x08 \x01(\x0b\x32\x16.tabletagent.Operation\x12\x33\n\x13\x66inished_operations\x18\t \x03(\x0b\x32\x16.tabletagent.Operation\x12\x31\n\x10last_full_backup\x18\n \x01(\x0b\x32\x17.tabletagent.BackupInfo\x12\x38\n\x17last_incremental_backup\x18\x0b \x01(\x0b\x32\x17.tabletagent.BackupInfo\x12\x0f\n\x07storage\x18\x0c \x01(\t\x12\x15\n\rbackup_engine\x18\r \x01(\t\x12\x17\n\x0fhealth_problems\x18\x0e \x03(\t\x12\x13\n\x0brestored_to\x18\x0f \x01(\t\"0\n\x12ListBackupsRequest\x12\x1a\n\x12include_incomplete\x18\x01 \x01(\x08\"R\n\x13ListBackupsResponse\x12(\n\x07\x62\x61\x63kups\x18\x01 \x03(\x0b\x32\x17.tabletagent.BackupInfo\x12\x11\n\tdirectory\x18\x64 \x01(\t\"2\n\x13RemoveBackupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\'\n\x14RemoveBackupResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\"$\n\x16\x43\x61ncelOperationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"D\n\x17\x43\x61ncelOperationResponse\x12)\n\toperation\x18\x01 \x01(\x0b\x32\x16.tabletagent.Operation\"#\n\x15WatchOperationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"b\n\x16WatchOperationResponse\x12\x1d\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0e.logutil.Event\x12)\n\toperation\x18\x02 \x01(\x0b\x32\x16.tabletagent.Operation\"]\n\x13VerifyBackupRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0c\n\x04\x64\x65\x65p\x18\x03 \x01(\x08\x12\x1c\n\x14\x63\x61ncel_on_disconnect\x18\x04 \x01(\x08\"5\n\x14VerifyBackupResponse\x12\x1d\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0e.logutil.Event\"\x18\n\x16\x44iscardPreviousRequest\"*\n\x17\x44iscardPreviousResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t*T\n\rOperationKind\x12\x1e\n\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06\x42\x41\x43KUP\x10\x01\x12\x0b\n\x07RESTORE\x10\x02\x12\n\n\x06VERIFY\x10\x03*s\n\x0fOperationResult\x12\x16\n\x12RESULT_UNSPECIFIED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\r\n\tSUCCEEDED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\r\n\tCANCELLED\x10\x04\x12\x11\n\rNOTHING_TO_DO\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent.pb.agentdata_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATIONKIND']._serialized_start=2509
-  _globals['_OPERATIONKIND']._serialized_end=2593
-  _globals['_OPERATIONRESULT']._serialized_start=2595
-  _globals['_OPERATIONRESULT']._serialized_end=2710
+  _globals['_OPERATIONKIND']._serialized_start=2528
+  _globals['_OPERATIONKIND']._serialized_end=2612
+  _globals['_OPERATIONRESULT']._serialized_start=2614
+  _globals['_OPERATIONRESULT']._serialized_end=2729
   _globals['_OPERATION']._serialized_start=114
   _globals['_OPERATION']._serialized_end=472
   _globals['_REPLICATIONSTATE']._serialized_start=475
@@ -53,25 +53,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBACKUPSREQUEST']._serialized_start=1836
   _globals['_LISTBACKUPSREQUEST']._serialized_end=1884
   _globals['_LISTBACKUPSRESPONSE']._serialized_start=1886
-  _globals['_LISTBACKUPSRESPONSE']._serialized_end=1949
-  _globals['_REMOVEBACKUPREQUEST']._serialized_start=1951
-  _globals['_REMOVEBACKUPREQUEST']._serialized_end=2001
-  _globals['_REMOVEBACKUPRESPONSE']._serialized_start=2003
-  _globals['_REMOVEBACKUPRESPONSE']._serialized_end=2042
-  _globals['_CANCELOPERATIONREQUEST']._serialized_start=2044
-  _globals['_CANCELOPERATIONREQUEST']._serialized_end=2080
-  _globals['_CANCELOPERATIONRESPONSE']._serialized_start=2082
-  _globals['_CANCELOPERATIONRESPONSE']._serialized_end=2150
-  _globals['_WATCHOPERATIONREQUEST']._serialized_start=2152
-  _globals['_WATCHOPERATIONREQUEST']._serialized_end=2187
-  _globals['_WATCHOPERATIONRESPONSE']._serialized_start=2189
-  _globals['_WATCHOPERATIONRESPONSE']._serialized_end=2287
-  _globals['_VERIFYBACKUPREQUEST']._serialized_start=2289
-  _globals['_VERIFYBACKUPREQUEST']._serialized_end=2382
-  _globals['_VERIFYBACKUPRESPONSE']._serialized_start=2384
-  _globals['_VERIFYBACKUPRESPONSE']._serialized_end=2437
-  _globals['_DISCARDPREVIOUSREQUEST']._serialized_start=2439
-  _globals['_DISCARDPREVIOUSREQUEST']._serialized_end=2463
-  _globals['_DISCARDPREVIOUSRESPONSE']._serialized_start=2465
-  _globals['_DISCARDPREVIOUSRESPONSE']._serialized_end=2507
+  _globals['_LISTBACKUPSRESPONSE']._serialized_end=1968
+  _globals['_REMOVEBACKUPREQUEST']._serialized_start=1970
+  _globals['_REMOVEBACKUPREQUEST']._serialized_end=2020
+  _globals['_REMOVEBACKUPRESPONSE']._serialized_start=2022
+  _globals['_REMOVEBACKUPRESPONSE']._serialized_end=2061
+  _globals['_CANCELOPERATIONREQUEST']._serialized_start=2063
+  _globals['_CANCELOPERATIONREQUEST']._serialized_end=2099
+  _globals['_CANCELOPERATIONRESPONSE']._serialized_start=2101
+  _globals['_CANCELOPERATIONRESPONSE']._serialized_end=2169
+  _globals['_WATCHOPERATIONREQUEST']._serialized_start=2171
+  _globals['_WATCHOPERATIONREQUEST']._serialized_end=2206
+  _globals['_WATCHOPERATIONRESPONSE']._serialized_start=2208
+  _globals['_WATCHOPERATIONRESPONSE']._serialized_end=2306
+  _globals['_VERIFYBACKUPREQUEST']._serialized_start=2308
+  _globals['_VERIFYBACKUPREQUEST']._serialized_end=2401
+  _globals['_VERIFYBACKUPRESPONSE']._serialized_start=2403
+  _globals['_VERIFYBACKUPRESPONSE']._serialized_end=2456
+  _globals['_DISCARDPREVIOUSREQUEST']._serialized_start=2458
+  _globals['_DISCARDPREVIOUSREQUEST']._serialized_end=2482
+  _globals['_DISCARDPREVIOUSRESPONSE']._serialized_start=2484
+  _globals['_DISCARDPREVIOUSRESPONSE']._serialized_end=2526
 # @@protoc_insertion_point(module_scope)
