@@ -315,10 +315,39 @@ def make_parser(environ: Mapping[str, str] | None = None) -> CtlParser:
         help=f"only backups made by this engine ({', '.join(ENGINES)}); repeatable (default: any)",
     )
     r.add_argument(
+        "--restore_in_place",
+        "--restore-in-place",
+        action="store_true",
+        help="restore into the live directories after verifying every object, instead of staging beside "
+        "them (for hosts without room for a second copy; no way back if it fails)",
+    )
+    r.add_argument(
+        "--restore_over_existing_data",
+        "--restore-over-existing-data",
+        action="store_true",
+        help="allow replacing a writable mysqld without a replication source that holds user schemas",
+    )
+    r.add_argument(
         "--cancel_on_disconnect",
         "--cancel-on-disconnect",
         action="store_true",
         help="cancel the restore if this client goes away (default: it goes on in the agent)",
+    )
+    v = command(
+        "verify",
+        "read back and check backups without touching the tablet (exit 1 when one is damaged)",
+        epilog="Light (the default): every stored object is read and its CRC-32 and sha256 checked against\n"
+        "the MANIFEST. --deep also restores the backup into a scratch directory, starts a throw-away\n"
+        "mysqld on it and runs CHECK TABLE. The result is stored beside each backup (`tabletctl backups`).",
+    )
+    v.add_argument(
+        "names", nargs="*", metavar="NAME", help="backups to verify (default: the newest full one)"
+    )
+    v.add_argument("--all", action="store_true", help="verify every complete backup of the shard")
+    v.add_argument("--deep", action="store_true", help="also restore into a scratch mysqld and CHECK TABLE")
+    command(
+        "discard-previous",
+        "remove the data that staged restores replaced and kept (--keep_previous_datadir)",
     )
 
     w = command("watch", "follow an operation's events until it ends (its result is the exit code)")
@@ -535,6 +564,15 @@ async def run(args: argparse.Namespace) -> int:
         elif cmd == "restore":
             rreq = await restore_request(stub, args)
             return await follow_operation(stub, agentdata_pb2.RESTORE, lambda: stub.RestoreFromBackup(rreq))
+        elif cmd == "verify":
+            vreq = agentdata_pb2.VerifyBackupRequest(names=args.names, all=args.all, deep=args.deep)
+            return await follow_operation(stub, agentdata_pb2.VERIFY, lambda: stub.VerifyBackup(vreq))
+        elif cmd == "discard-previous":
+            dresp = await stub.DiscardPrevious(agentdata_pb2.DiscardPreviousRequest(), timeout=args.timeout)
+            for path in dresp.removed:
+                print(f"removed {path}")
+            if not dresp.removed:
+                print("no previous data to discard", file=sys.stderr)
         elif cmd == "watch":
             async for msg in stub.WatchOperation(agentdata_pb2.WatchOperationRequest(id=args.id)):
                 if msg.HasField("event"):
@@ -641,6 +679,8 @@ async def restore_request(
         dry_run=args.dry_run,
         allowed_backup_engines=args.allowed_backup_engines,
         cancel_on_disconnect=args.cancel_on_disconnect,
+        restore_in_place=args.restore_in_place,
+        restore_over_existing_data=args.restore_over_existing_data,
     )
     if isinstance(args.restore_to_timestamp, vttime_pb2.Time):
         req.restore_to_timestamp.CopyFrom(args.restore_to_timestamp)
