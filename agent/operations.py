@@ -23,6 +23,7 @@ from agent.log import get_logger
 
 EVENT_LOG_LIMIT = 20_000
 HISTORY_LIMIT = 50
+BACKGROUND_WAIT = 60.0  # seconds a request waits for an operation the agent started itself
 
 log = get_logger("agent.operations")
 
@@ -75,6 +76,7 @@ class Operation:
     backup_name: str = ""
     engine: str = ""
     incremental: bool = False
+    background: bool = False  # started by the agent itself (binlog archiving): requests wait for it
     _events: deque[Event] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_LIMIT), repr=False)
     _dropped: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -198,14 +200,28 @@ class OperationRunner:
         """Call `hook` when an operation has ended, whatever its result."""
         self._finish_hooks.append(hook)
 
-    def start(self, kind: Kind, work: Work, *, engine: str = "", incremental: bool = False) -> Operation:
+    async def wait_for_background(self, timeout: float = BACKGROUND_WAIT) -> None:
+        """Let an operation the agent started itself (a short binlog shipment) end before a request's."""
+        running = self.current
+        if running is not None and running.background and running._task is not None:
+            await asyncio.wait({running._task}, timeout=timeout)
+
+    def start(
+        self,
+        kind: Kind,
+        work: Work,
+        *,
+        engine: str = "",
+        incremental: bool = False,
+        background: bool = False,
+    ) -> Operation:
         running = self.current
         if running is not None:
             raise FailedPrecondition(
                 f"a {running.kind} is already running on tablet: {self._alias} (operation {running.id}; "
                 "wait for it or cancel it with `tabletctl cancel`)"
             )
-        op = Operation(kind=kind, engine=engine, incremental=incremental)
+        op = Operation(kind=kind, engine=engine, incremental=incremental, background=background)
         self._current = op
         for hook in self._start_hooks:
             try:

@@ -1,6 +1,6 @@
-"""Continuous binlog archiving (`--binlog_archive_interval`): every closed binary log is shipped soon
-after it is rotated, and the active one is rotated when it holds transactions older than the interval, so
-the newest archived transaction is at most about that old. Each shipment is an ordinary incremental backup
+"""Continuous binlog archiving (`--binlog_archive_interval`): every closed binary log is shipped within a
+second or so of its rotation, and the active one is rotated (by the shipment) once it has held
+unarchived transactions for the interval, so no transaction waits much longer than that. Each shipment is an ordinary incremental backup
 chaining onto the shard's newest backup (`incremental_from_pos=auto`), so point-in-time restore and
 Vitess's tooling see nothing new.
 
@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from agent.binlogs.pending import pending_binlogs
 from agent.config import EngineName, TabletType
 from agent.errors import AgentError
 from agent.log import get_logger
 from agent.mysql import replication
-from agent.mysql.gtid import parse_position
+from agent.mysql.gtid import Position, parse_position
 from agent.operations import Result
 from agent.ops.backup import start_backup
 from agent.params import BackupParams
@@ -30,6 +31,7 @@ from agent.topo.roles import ShardRole
 log = get_logger("agent.ops.archive")
 REPLICA_PATIENCE = 3  # rounds a replica lets the role stay free before it takes it (the primary goes first)
 ROLE = "binlog_archiver"
+RETRY_AFTER = 10.0  # seconds between attempts after a failed shipment
 
 
 class Archiver:
@@ -38,6 +40,8 @@ class Archiver:
         self.role = role
         self.interval = tablet.config.binlog_archive_interval
         self._free_rounds = 0
+        self._pending_since: float | None = None  # when unarchived transactions were first seen
+        self._retry_at = 0.0  # after a failed shipment: not before
 
     async def run(self) -> None:
         """Until cancelled: check every half interval whether anything waits to be shipped."""
@@ -51,7 +55,7 @@ class Archiver:
                     except AgentError as e:
                         state.problem = f"binlog archiving failed: {e}"
                         log.warning("binlog archiving failed", error=str(e))
-                await asyncio.sleep(max(0.5, self.interval / 2))
+                await asyncio.sleep(min(1.0, max(0.2, self.interval / 4)))
         finally:
             if self.role is not None:
                 await asyncio.shield(self.role.give_up())
@@ -83,20 +87,28 @@ class Archiver:
         tablet, state = self.tablet, self.tablet.archive
         if tablet.runner.current is not None:
             return
-        await tablet.summary.wait()
-        newest = tablet.summary.newest
-        archived = [e for e in (newest.full, newest.incremental) if e is not None and e.manifest is not None]
-        if not archived:
-            state.problem = f"binlog archiving waits for a full backup in {tablet.backup_directory} to chain onto: take one"
-            return
         info = await tablet.mysqld.server_info()
         executed = await replication.executed_position(tablet.client, info.flavor)
-        covered = [
-            parse_position(e.manifest.position) for e in archived if e.manifest and e.manifest.position
-        ]
-        if any(c.flavor is executed.flavor and c.contains(executed) for c in covered):
-            state.problem = ""
-            return  # nothing new
+        if self._covered(executed):
+            state.problem = state.gap = ""  # everything is archived (a new full backup closes a gap)
+            self._pending_since = None
+            return
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        self._pending_since = self._pending_since or now
+        rotated = await pending_binlogs(tablet.client, tablet.mycnf, tablet.summary.newest)
+        if not rotated and now - self._pending_since < self.interval:
+            return  # the active binlog's transactions are younger than the interval: not yet
+        tablet.summary.refresh()  # another tablet of the shard may have backed up meanwhile
+        await tablet.summary.wait()
+        newest = tablet.summary.newest
+        if newest.full is None and newest.incremental is None:
+            state.problem = f"binlog archiving waits for a full backup in {tablet.backup_directory} to chain onto: take one"
+            return
+        if self._covered(executed):
+            state.problem = state.gap = ""
+            return
         params = BackupParams(
             concurrency=tablet.config.concurrency,
             allow_primary=True,  # archiving only reads binlogs: no stop, no lock
@@ -106,12 +118,14 @@ class Archiver:
             mysql_shutdown_timeout=tablet.config.mysql_shutdown_timeout,
             init_sql=None,
         )
-        op = await start_backup(tablet, params)
+        op = await start_backup(tablet, params, background=True)
         await op.wait()
         if op.result in (Result.SUCCEEDED, Result.NOTHING_TO_DO):
             state.last_shipped = time.time() if op.result is Result.SUCCEEDED else state.last_shipped
             state.gap = state.problem = ""
+            self._pending_since = None
             return
+        self._retry_at = time.monotonic() + max(self.interval, RETRY_AFTER)
         reason = str(op.error) if op.error is not None else str(op.result)
         if "purged" in reason:
             state.gap = (
@@ -119,3 +133,14 @@ class Archiver:
                 "this gap: take a full backup to start a new chain"
             )
         state.problem = f"binlog archiving failed: {reason}"
+
+    def _covered(self, executed: Position) -> bool:
+        """Whether the shard's newest backups (as last listed) hold every transaction of `executed`."""
+        newest = self.tablet.summary.newest
+        for entry in (newest.full, newest.incremental):
+            m = entry.manifest if entry is not None else None
+            if m is not None and m.position:
+                position = parse_position(m.position)
+                if position.flavor is executed.flavor and position.contains(executed):
+                    return True
+        return False

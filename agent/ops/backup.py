@@ -32,15 +32,20 @@ from engines.base import BackupContext, Engine, IncrementalSource
 NAME_ATTEMPTS = 3
 
 
-async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
-    """Check the request against the tablet, then start the backup as an operation."""
+async def start_backup(tablet: Tablet, params: BackupParams, *, background: bool = False) -> Operation:
+    """Check the request against the tablet, then start the backup as an operation. `background`: the
+    agent's own (binlog archiving); requests wait for such a one to end rather than being refused."""
     check_backup_allowed(tablet, params.allow_primary)
+    if not background:
+        await tablet.runner.wait_for_background()
     engine = engine_for_backup(params, tablet.config)
 
     async def work(op: Operation) -> None:
         await run_backup(tablet, params, engine, op)
 
-    return tablet.runner.start(Kind.BACKUP, work, engine=engine.name, incremental=params.incremental)
+    return tablet.runner.start(
+        Kind.BACKUP, work, engine=engine.name, incremental=params.incremental, background=background
+    )
 
 
 async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: Operation) -> None:

@@ -50,6 +50,7 @@ async def start_verify(tablet: Tablet, names: Sequence[str], all_backups: bool, 
             raise DataLoss(f"{len(bad)} of {len(entries)} backup(s) failed verification: {summary}")
         op.info(f"{len(entries)} backup(s) verified ({depth}): all good")
 
+    await tablet.runner.wait_for_background()
     return tablet.runner.start(Kind.VERIFY, work)
 
 

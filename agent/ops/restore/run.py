@@ -50,6 +50,7 @@ SAVED_REPLICATION = "replication-source"  # in the state dir: what an in-place r
 async def start_restore(tablet: Tablet, params: RestoreParams) -> Operation:
     if not params.dry_run:
         await check_restore_allowed(tablet, params)
+    await tablet.runner.wait_for_background()
 
     async def work(op: Operation) -> None:
         await run_restore(tablet, params, op)
