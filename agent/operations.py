@@ -12,7 +12,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -22,6 +22,7 @@ from agent.errors import AgentError, Cancelled, FailedPrecondition, NotFound, No
 from agent.log import get_logger
 
 EVENT_LOG_LIMIT = 20_000
+PROGRESS_EVERY = 10.0  # seconds between progress summaries of a running operation
 HISTORY_LIMIT = 50
 BACKGROUND_WAIT = 60.0  # seconds a request waits for an operation the agent started itself
 
@@ -55,9 +56,10 @@ class Result(enum.StrEnum):
 class Event:
     time: datetime
     level: Level
-    message: str
+    message: str  # readable on its own (Vitess's clients show only this)
     file: str = ""
     line: int = 0
+    fields: Mapping[str, object] = field(default_factory=dict)  # phase, file, bytes, rate, ...
 
 
 @dataclass
@@ -85,22 +87,43 @@ class Operation:
 
     # --- reporting, used by engines and orchestration ---
 
-    def emit(self, level: Level, message: str) -> None:
+    def emit(self, level: Level, message: str, **fields: object) -> None:
         if len(self._events) == self._events.maxlen:
             self._dropped += 1
-        self._events.append(Event(datetime.now(UTC), level, message))
-        log.log(20 if level is Level.INFO else 30 if level is Level.WARNING else 40, message, op=self.id)
+        self._events.append(Event(datetime.now(UTC), level, message, fields=fields))
+        severity = 20 if level is Level.INFO else 30 if level is Level.WARNING else 40
+        log.log(severity, message, op=self.id, **fields)
         self._notify()
 
-    def info(self, message: str) -> None:
-        self.emit(Level.INFO, message)
+    def info(self, message: str, **fields: object) -> None:
+        self.emit(Level.INFO, message, **fields)
 
-    def warning(self, message: str) -> None:
-        self.emit(Level.WARNING, message)
+    def warning(self, message: str, **fields: object) -> None:
+        self.emit(Level.WARNING, message, **fields)
+
+    def debug(self, message: str, **fields: object) -> None:
+        """Detail (a file copied, a tool's stderr line): the agent's log at debug level, not an event."""
+        log.debug(message, op=self.id, **fields)
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
-        self.info(f"phase: {phase}")
+        self.info(f"phase: {phase}", phase=phase)
+
+    def progress_summary(self) -> None:
+        """One line of where the operation stands: bytes, rate, ETA."""
+        if self.bytes_total <= 0:
+            return
+        pct = min(100.0, 100.0 * self.bytes_done / self.bytes_total)
+        rate = self.rate
+        eta = f", ETA {self.eta:.0f}s" if rate > 0 else ""
+        self.info(
+            f"{self.phase}: {_mib(self.bytes_done)} of {_mib(self.bytes_total)} ({pct:.0f}%), "
+            f"{_mib(int(rate))}/s{eta}",
+            phase=self.phase,
+            bytes=self.bytes_done,
+            total=self.bytes_total,
+            rate=round(rate),
+        )
 
     def add_total(self, n: int) -> None:
         self.bytes_total += n
@@ -232,6 +255,7 @@ class OperationRunner:
         return op
 
     async def _run(self, op: Operation, work: Work) -> None:
+        ticker = asyncio.create_task(_tick(op))
         try:
             await work(op)
         except NothingToBackup as e:
@@ -248,6 +272,7 @@ class OperationRunner:
         else:
             op._finish(Result.SUCCEEDED, None)
         finally:
+            ticker.cancel()
             self._finished.append(op)
             for hook in self._finish_hooks:
                 try:
@@ -292,6 +317,17 @@ class OperationRunner:
         op.warning("agent is stopping: cancelling the operation")
         op._task.cancel()
         await asyncio.wait({op._task}, timeout=timeout)
+
+
+async def _tick(op: Operation) -> None:
+    """A progress summary every PROGRESS_EVERY seconds while the operation runs."""
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        op.progress_summary()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def error_status(op: Operation) -> tuple[grpc.StatusCode, str] | None:

@@ -346,11 +346,15 @@ class ToolOutput:
 
 
 def line_logger(op: Operation, output: ToolOutput, tool: str) -> Callable[[str], None]:
-    """A stderr callback: each line is read by `output` and becomes an operation event as it comes."""
+    """A stderr callback: each line is read by `output`, logged at debug level, and an error-looking one
+    becomes a warning event (the tail of the rest goes with a failure's error)."""
 
     def on_line(line: str) -> None:
         output.feed(line)
-        (op.warning if _ERROR_LINE.search(line) else op.info)(f"{tool} stderr: {line}")
+        if _ERROR_LINE.search(line):
+            op.warning(f"{tool} stderr: {line}", tool=tool)
+        else:
+            op.debug(f"{tool} stderr: {line}", tool=tool)
 
     return on_line
 

@@ -35,7 +35,7 @@ PIPE = asyncio.subprocess.PIPE
 DEVNULL = asyncio.subprocess.DEVNULL
 STREAM_LIMIT = 4 << 20  # StreamReader buffer limit: the pipeline reads 1-4 MiB chunks from stdout
 KILL_GRACE = 5.0
-TAIL_LINES = 30
+TAIL_LINES = 20  # a failed child's last stderr lines go with its error
 MAX_LINE = 8192
 MAX_RUN_OUTPUT = 64 << 20
 

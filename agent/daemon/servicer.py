@@ -167,6 +167,8 @@ class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer)
         op = await _call(context, get)
         async for event in op.watch():
             yield agentdata_pb2.WatchOperationResponse(
-                event=convert.event_to_pb(event), operation=convert.operation_to_pb(op)
+                event=convert.event_to_pb(event),
+                operation=convert.operation_to_pb(op),
+                fields={k: str(v) for k, v in event.fields.items()},
             )
         yield agentdata_pb2.WatchOperationResponse(operation=convert.operation_to_pb(op))

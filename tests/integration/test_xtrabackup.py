@@ -459,6 +459,6 @@ def test_megabytes_of_stderr_do_not_block_the_stream(
 ) -> None:
     env = {"PATH": fake_path, "FAKE_XTRABACKUP": "chatty"}
     events = backup(agent_factory(lone_primary, extra=XTRA, env=env), timeout=120, allow_primary=True)
-    assert sum("xtrabackup stderr:" in e for e in events) > 1000
+    assert len(events) < 100, "the tool's chatter goes to the debug log, not to the events"
     (done,) = complete_backups(storage_root)
     assert manifest(done)["TabletAgent"]["Objects"][0]["Size"] == 5_000_000  # type: ignore[index]
