@@ -77,7 +77,7 @@ def test_abbreviated_options_are_refused_with_the_full_name(
 def test_an_option_of_another_command_names_that_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         make_parser({}).parse_args(["status", "--all"])
-    assert "--all is an option of: backups" in capsys.readouterr().err
+    assert "--all is an option of: verify, backups" in capsys.readouterr().err
 
 
 def test_connection_options_go_before_or_after_the_command() -> None:
