@@ -90,6 +90,11 @@ install:
 	  -e 's|/etc/tablet-agent/|$(SYSCONFDIR)/tablet-agent/|g' systemd/tablet-agent@.service \
 	  > $(DESTDIR)$(UNITDIR)/tablet-agent@.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/tablet-agent@.service
+	for u in tablet-agent-backup@.service tablet-agent-backup@.timer tablet-agent-incremental@.service \
+	  tablet-agent-incremental@.timer; do \
+	  sed -e 's|/usr/local/bin/|$(BINDIR)/|' -e 's|/opt/tablet-agent/|$(PREFIX)/|' \
+	    -e 's|/etc/tablet-agent/|$(SYSCONFDIR)/tablet-agent/|g' systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u; \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$u; done
 	install -m 644 systemd/50-tablet-agent.rules $(DESTDIR)$(POLKITDIR)/50-tablet-agent.rules
 	install -m 644 README.md systemd/example.toml systemd/example.env systemd/paths.conf.example \
 	  $(DESTDIR)$(PREFIX)/share/doc/

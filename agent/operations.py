@@ -23,7 +23,7 @@ from agent.log import get_logger
 
 EVENT_LOG_LIMIT = 20_000
 PROGRESS_EVERY = 10.0  # seconds between progress summaries of a running operation
-HISTORY_LIMIT = 50
+HISTORY_LIMIT = 100
 BACKGROUND_WAIT = 60.0  # seconds a request waits for an operation the agent started itself
 
 log = get_logger("agent.operations")
@@ -208,6 +208,11 @@ class OperationRunner:
     def current(self) -> Operation | None:
         op = self._current
         return op if op is not None and not op.done else None
+
+    def remember(self, ops: list[Operation]) -> None:
+        """Operations of earlier runs of the agent (oldest first), as the start of the history."""
+        for op in ops:
+            self._finished.append(op)
 
     @property
     def finished(self) -> list[Operation]:

@@ -9,12 +9,16 @@ from pathlib import Path
 
 from agent.catalog.summary import BackupSummary
 from agent.config import AgentConfig
+from agent.log import get_logger
 from agent.mysql.client import Credentials, MysqlClient, credentials_from
 from agent.mysql.mycnf import MyCnf, read_mycnf
 from agent.mysql.mysqld import Mysqld
 from agent.mysql.state import MysqldStateCache
-from agent.operations import OperationRunner
+from agent.operations import HISTORY_LIMIT, Operation, OperationRunner
+from agent.statedir.history import append_history, read_history
 from agent.storage import BackupStorage, storage_from_config
+
+log = get_logger("agent.tablet")
 
 
 @dataclass
@@ -57,6 +61,8 @@ class Tablet:
         state_dir = config.effective_state_dir
         state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         runner = OperationRunner(config.tablet_alias)
+        runner.remember(read_history(state_dir))
+        runner.on_finish(lambda op: _record(state_dir, op))
         storage = storage_from_config(config)
         summary = BackupSummary(storage, f"{config.init_keyspace}/{config.init_shard}")
         runner.on_finish(lambda _op: summary.refresh())
@@ -89,3 +95,10 @@ class Tablet:
     @property
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+
+def _record(state_dir: Path, op: Operation) -> None:
+    try:
+        append_history(state_dir, op, HISTORY_LIMIT)
+    except OSError as e:
+        log.warning("cannot record the operation in the state directory", error=str(e))

@@ -278,3 +278,26 @@ def test_agent_works_under_the_units_system_call_policy(
     restore(sandboxed(target, alias="zone1-0000000107"))
     assert int(target.value("SELECT COUNT(*) FROM test.t")) == 37
     assert int(target.value("SELECT COUNT(*) FROM test.u")) == 9
+
+
+SCHEDULES = ("tablet-agent-backup@", "tablet-agent-incremental@")
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedule_units_verify_and_treat_nothing_to_do_as_success(tmp_path: Path, name: str) -> None:
+    true = shutil.which("true")
+    assert true is not None
+    for suffix in (".service", ".timer"):
+        text = (SYSTEMD / f"{name}{suffix}").read_text().replace("/usr/local/bin/tabletctl", true)
+        (tmp_path / f"{name}{suffix}").write_text(text)
+    (tmp_path / UNIT.name).write_text(UNIT.read_text().replace("/usr/local/bin/tablet-agent", true))
+    service = (tmp_path / f"{name}.service").read_text()
+    assert "SuccessExitStatus=3" in service, "an incremental with nothing new is not a failure"
+    timer = (tmp_path / f"{name}.timer").read_text()
+    assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer
+    result = analyze("verify", str(tmp_path / f"{name}tab1.timer"), str(tmp_path / f"{name}tab1.service"))
+    assert result.returncode == 0, result.stderr
+    exposure = analyze("security", "--offline=true", "--no-pager", str(tmp_path / f"{name}.service"))
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", exposure.stdout + exposure.stderr)
+    assert m is not None and float(m.group(1)) <= MAX_EXPOSURE, exposure.stdout + exposure.stderr
