@@ -53,6 +53,15 @@ class Result(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class PhaseTiming:
+    """How long one phase of an operation took and how many bytes it moved (like Vitess's backup stats)."""
+
+    phase: str
+    seconds: float
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Event:
     time: datetime
     level: Level
@@ -79,11 +88,15 @@ class Operation:
     engine: str = ""
     incremental: bool = False
     background: bool = False  # started by the agent itself (binlog archiving): requests wait for it
+    timings: list[PhaseTiming] = field(default_factory=list)  # the phases so far, with their durations
     _events: deque[Event] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_LIMIT), repr=False)
     _dropped: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     _rate_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=32), repr=False)
+    _phase_key: str = field(default="", repr=False)
+    _phase_started: float = field(default=0.0, repr=False)
+    _phase_bytes: int = field(default=0, repr=False)
 
     # --- reporting, used by engines and orchestration ---
 
@@ -105,9 +118,23 @@ class Operation:
         """Detail (a file copied, a tool's stderr line): the agent's log at debug level, not an event."""
         log.debug(message, op=self.id, **fields)
 
-    def set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self.info(f"phase: {phase}", phase=phase)
+    def set_phase(self, phase: str, detail: str = "") -> None:
+        """Enter a phase (a fixed name: it labels metrics) with an optional detail for the text."""
+        self._close_phase()
+        self.phase = phase if not detail else f"{phase} ({detail})"
+        self._phase_key, self._phase_started, self._phase_bytes = phase, time.monotonic(), self.bytes_done
+        self.info(f"phase: {self.phase}", phase=phase)
+
+    def _close_phase(self) -> None:
+        if self._phase_key:
+            self.timings.append(
+                PhaseTiming(
+                    self._phase_key,
+                    time.monotonic() - self._phase_started,
+                    self.bytes_done - self._phase_bytes,
+                )
+            )
+            self._phase_key = ""
 
     def progress_summary(self) -> None:
         """One line of where the operation stands: bytes, rate, ETA."""
@@ -164,6 +191,7 @@ class Operation:
         self._wakeup = asyncio.Event()
 
     def _finish(self, result: Result, error: AgentError | None) -> None:
+        self._close_phase()
         self.result, self.error, self.ended = result, error, datetime.now(UTC)
         if error is not None:
             self.emit(Level.ERROR if result is Result.FAILED else Level.WARNING, str(error))

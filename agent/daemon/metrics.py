@@ -98,6 +98,13 @@ class AgentMetrics:
             ["type"],
             registry=r,
         )
+        self.phases = Histogram(
+            "tablet_agent_phase_duration_seconds",
+            "duration of the phases of finished operations",
+            ["kind", "phase"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter("tablet_agent_errors", "failed operations by gRPC status", ["code"], registry=r)
         interval = Gauge(
             "tablet_agent_binlog_archive_interval_seconds",
@@ -111,6 +118,8 @@ class AgentMetrics:
 
     def observe(self, op: Operation) -> None:
         engine = op.engine or "unknown"
+        for timing in op.timings:
+            self.phases.labels(op.kind.value, timing.phase).observe(timing.seconds)
         self.operations.labels(op.kind.value, engine, op.result.value).inc()
         self.bytes.labels(op.kind.value, engine).inc(op.bytes_done)
         if op.ended is not None:

@@ -85,7 +85,7 @@ async def _chosen(tablet: Tablet, names: Sequence[str], all_backups: bool) -> li
 async def verify_backup(tablet: Tablet, entry: BackupEntry, depth: Depth, op: Operation) -> Verification:
     """Verify one backup, store the result beside it and report it in the operation's log."""
     where = f"{entry.directory}/{entry.name}"
-    op.set_phase(f"verifying {entry.name} ({depth})")
+    op.set_phase(f"verifying ({depth})", entry.name)
     problems: list[str] = []
     n_objects = n_bytes = 0
     try:
@@ -168,7 +168,7 @@ async def _deep(tablet: Tablet, plan: PlannedBackup, op: Operation) -> list[str]
             check_space(needs)
         except AgentError as e:
             raise FailedPrecondition(f"deep verification restores a copy under {root}: {e}") from None
-        op.set_phase(f"verifying {plan.entry.name}: restoring into a scratch directory")
+        op.set_phase("verifying: restoring into a scratch directory", plan.entry.name)
         ctx = RestoreContext(
             mycnf=tablet.mycnf,
             targets=targets,
@@ -212,7 +212,7 @@ async def _start_and_check(tablet: Tablet, plan: PlannedBackup, root: Path, op: 
     position = parse_position(plan.manifest.position) if plan.manifest.position else None
     if position is not None and isinstance(position.gtids, MariaDBGTIDSet):
         await in_thread(write_binlog_state, root / "binlogs", "binlog", position.gtids)
-    op.set_phase(f"verifying {plan.entry.name}: starting a scratch mysqld")
+    op.set_phase("verifying: starting a scratch mysqld", plan.entry.name)
     async with scratch_mysqld(tablet.mycnf, dirs, root) as client:
         problems = []
         if position is not None:
@@ -222,6 +222,6 @@ async def _start_and_check(tablet: Tablet, plan: PlannedBackup, root: Path, op: 
                 problems.append(
                     f"the restored server is at position {reached}, not the MANIFEST's {position}"
                 )
-        op.set_phase(f"verifying {plan.entry.name}: CHECK TABLE")
+        op.set_phase("verifying: CHECK TABLE", plan.entry.name)
         problems += await check_tables(client)
         return problems

@@ -84,6 +84,7 @@ class Operation(_message.Message):
     BACKUP_NAME_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     INCREMENTAL_FIELD_NUMBER: _builtins.int
+    PHASES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___OperationKind.ValueType
     phase: _builtins.str
@@ -100,6 +101,10 @@ class Operation(_message.Message):
     def start_time(self) -> _vttime_pb2.Time: ...
     @_builtins.property
     def end_time(self) -> _vttime_pb2.Time: ...
+    @_builtins.property
+    def phases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhaseTiming]:
+        """The phases so far, in order, with how long each took and the bytes it moved."""
+
     def __init__(
         self,
         *,
@@ -117,14 +122,40 @@ class Operation(_message.Message):
         backup_name: _builtins.str = ...,
         engine: _builtins.str = ...,
         incremental: _builtins.bool = ...,
+        phases: _abc.Iterable[Global___PhaseTiming] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_name", b"backup_name", "bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "end_time", b"end_time", "engine", b"engine", "error", b"error", "eta_seconds", b"eta_seconds", "id", b"id", "incremental", b"incremental", "kind", b"kind", "phase", b"phase", "rate_bytes_per_second", b"rate_bytes_per_second", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_name", b"backup_name", "bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "end_time", b"end_time", "engine", b"engine", "error", b"error", "eta_seconds", b"eta_seconds", "id", b"id", "incremental", b"incremental", "kind", b"kind", "phase", b"phase", "phases", b"phases", "rate_bytes_per_second", b"rate_bytes_per_second", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
+@_typing.final
+class PhaseTiming(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    seconds: _builtins.float
+    bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "phase", b"phase", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhaseTiming: _TypeAlias = PhaseTiming  # noqa: Y015
 
 @_typing.final
 class ReplicationState(_message.Message):

@@ -42,12 +42,12 @@ def test_example_toml_is_a_valid_configuration() -> None:
     assert config.mysqld_start_command is None  # the unit's Environment= line sets it
 
 
-def test_example_env_holds_only_settings_the_agent_or_aws_reads() -> None:
+def test_example_env_holds_only_settings_the_agent_tabletctl_or_aws_reads() -> None:
     env = load_paths_tool().read_env_file(SYSTEMD / "example.env")
-    assert env == {"TABLET_AGENT_DB_USER": "mysql"}
+    assert env == {"TABLET_AGENT_DB_USER": "mysql", "TABLETCTL_SERVER": "127.0.0.1:16101"}
     commented = re.findall(r"^# ?([A-Z_]+)=", (SYSTEMD / "example.env").read_text(), re.M)
     assert set(commented) >= {"TABLET_AGENT_DB_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    assert all(n.startswith(("TABLET_AGENT_", "AWS_")) for n in commented)
+    assert all(n.startswith(("TABLET_AGENT_", "TABLETCTL_", "AWS_")) for n in commented)
 
 
 def test_unit_environment_matches_the_unit() -> None:

@@ -83,7 +83,7 @@ async def replay(
         op=op,
         steps=steps,
     )
-    op.set_phase(f"replaying binlogs ({applier.name})")
+    op.set_phase("replaying binlogs", applier.name)
     await applier.apply(tablet.client, op, start, up_to(steps, target), workdir)
     executed = await replication.executed_position(tablet.client, info.flavor)
     if not executed.contains(target) or not target.contains(executed):
