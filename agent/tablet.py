@@ -14,6 +14,7 @@ from agent.mysql.mycnf import MyCnf, read_mycnf
 from agent.mysql.mysqld import Mysqld
 from agent.mysql.state import MysqldStateCache
 from agent.operations import OperationRunner
+from agent.pipeline.ratelimit import RateLimits
 from agent.storage import BackupStorage, storage_from_config
 
 
@@ -32,6 +33,7 @@ class Tablet:
     started_monotonic: float
     summary: BackupSummary
     mysqld_states: MysqldStateCache
+    limits: RateLimits  # --backup_max_rate, --storage_max_rate, --backup_io_class (reloaded on SIGHUP)
     restored_to: str = ""  # what the last restore brought the tablet to, for Status
     unfinished_restore: str = ""  # a restore that could not be finished or rolled back: why, for Status
     drained: bool = False  # restored to a point in time: out of serving, as Vitess's DRAINED
@@ -64,6 +66,7 @@ class Tablet:
             started_monotonic=time.monotonic(),
             summary=summary,
             mysqld_states=states,
+            limits=RateLimits(config.backup_max_rate, config.storage_max_rate, config.backup_io_class),
         )
 
     @property

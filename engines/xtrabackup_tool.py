@@ -163,8 +163,10 @@ def backup_argv(
     *,
     socket: Path | None,
     replica: bool,
+    max_rate: float = 0,
 ) -> list[str]:
-    """`--defaults-file` first (the tools refuse it elsewhere); never a password."""
+    """`--defaults-file` first (the tools refuse it elsewhere); never a password. `max_rate` (bytes/s, 0:
+    none) becomes `--throttle`, unless the configured flags set it."""
     argv = [
         tool,
         f"--defaults-file={defaults_file}",
@@ -179,7 +181,18 @@ def backup_argv(
         # Record the source position and stop the SQL thread while copying (it is started again at the
         # end, or by the agent if the tool dies).
         argv += ["--slave-info", "--safe-slave-backup"]
+    if max_rate > 0 and not any(f.startswith("--throttle") for f in settings.backup_flags):
+        argv.append(f"--throttle={throttle_for(max_rate)}")
     return argv + list(settings.backup_flags)
+
+
+THROTTLE_UNIT = 1 << 20  # bytes per --throttle I/O: one read of 64 pages of 16 KiB (newer manuals say
+# "10 MB chunks"; the smaller unit never holds the tool below the agent's own limit, which paces its output)
+
+
+def throttle_for(max_rate: float) -> int:
+    """`--throttle` (read-and-write pairs per second) for at most `max_rate` bytes/s; at least 1."""
+    return max(1, int(max_rate // THROTTLE_UNIT))
 
 
 def extract_argv(

@@ -96,11 +96,29 @@ class ObjectRecord:
     sha256: str | None = None  # of the original bytes
 
 
+class EncryptionInfo(_Model):
+    """`TabletAgent.Encryption`: every object is encrypted (`agent.pipeline.encryption`) under the master key
+    `KeyId` names; `ManifestHMAC` authenticates the MANIFEST's own content (`agent.catalog.encryption`)."""
+
+    key_id: str = Field(alias="KeyId")
+    cipher: str = Field(alias="Cipher")
+    chunk_size: int = Field(alias="ChunkSize")
+    manifest_hmac: str = Field(default="", alias="ManifestHMAC")
+
+
 class AgentInfo(_Model):
-    """The `TabletAgent` key: who wrote the backup and per-object hashes Vitess does not keep."""
+    """The `TabletAgent` key: who wrote the backup, per-object hashes Vitess does not keep, encryption."""
 
     version: str = Field(alias="Version")
     objects: list[StoredObject] = Field(alias="Objects", default_factory=list)
+    encryption: EncryptionInfo | None = Field(default=None, alias="Encryption")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("Encryption") is None:
+            data.pop("Encryption", None)
+        return data
 
 
 # Keys Vitess writes only for one engine: omitted from our output when unset.

@@ -374,6 +374,8 @@ def _context(
         handle=plan.entry.handle,
         manifest=plan.manifest,
         concurrency=tablet.config.concurrency,
+        cipher=plan.cipher,
+        limits=tablet.limits.shared,
     )
 
 
