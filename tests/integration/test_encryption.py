@@ -13,6 +13,7 @@ import json
 import os
 import uuid
 import zlib
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from agent.pipeline.encryption import HEADER_SIZE, TAG_SIZE, MasterKey
 from tests.conftest import SandboxFactory
 from tests.integration.conftest import AgentFactory
 from tests.integration.helpers import backup, complete_backups, manifest, restore, rpc_error
+from tests.s3server import CREDENTIALS, S3Server
 from tests.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
@@ -266,3 +268,56 @@ def test_key_rotation_keeps_old_backups_restorable_while_the_old_key_is_configur
     assert err.code() is grpc.StatusCode.FAILED_PRECONDITION and id_a in (err.details() or ""), err.details()
     assert fresh.is_answering() and fresh.pid() == pid
     assert fresh.value("SELECT COUNT(*) FROM test.t") == 35
+
+
+@dataclass(frozen=True)
+class S3Target:
+    server: S3Server
+    bucket: str
+    keys: Path
+
+    def flags(self) -> list[str]:
+        return [
+            "--backup_storage_implementation", "s3", "--s3_backup_storage_bucket", self.bucket,
+            "--s3_backup_aws_endpoint", self.server.endpoint, "--s3_backup_force_path_style",
+        ]  # fmt: skip
+
+    def objects(self) -> dict[str, bytes]:
+        client = self.server.client()
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket=self.bucket).get("Contents", [])]
+        return {k: client.get_object(Bucket=self.bucket, Key=k)["Body"].read() for k in keys}
+
+
+@pytest.fixture
+def s3_target(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> S3Target:
+    return S3Target(s3_server, s3_bucket, tmp_path)
+
+
+def test_encrypted_backup_through_s3_holds_no_marker_and_restores(
+    primary: Sandbox,
+    replica: Sandbox,
+    sandbox_factory: SandboxFactory,
+    agent_factory: AgentFactory,
+    s3_target: S3Target,
+) -> None:
+    """Encryption sits above the storage layer: the same sealed objects go to S3 (rate-limited here too)."""
+    marker = f"crypt-marker-{uuid.uuid4().hex}"
+    key, key_id = new_key(s3_target.keys, "a")
+    primary.write_rows(30)
+    replica.wait_for_gtid(add_marker_rows(primary, marker))
+    flags = [
+        *s3_target.flags(),
+        "--backup_encryption_key_file",
+        str(key),
+        "--compression-engine-name",
+        "none",
+    ]
+    backup(agent_factory(replica, extra=[*flags, "--storage_max_rate", "200M"], env=CREDENTIALS))
+    stored = s3_target.objects()
+    (text,) = [v for k, v in stored.items() if k.endswith("/MANIFEST")]
+    assert json.loads(text)["TabletAgent"]["Encryption"]["KeyId"] == key_id
+    assert len(stored) > 5 and not [k for k, v in stored.items() if marker.encode() in v]
+    expected = checksums(replica)
+    fresh = sandbox_factory()
+    restore(agent_factory(fresh, alias="zone1-0000000103", extra=flags, env=CREDENTIALS))
+    assert checksums(fresh) == expected
