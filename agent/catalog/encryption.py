@@ -2,13 +2,15 @@
 with, the MANIFEST's `TabletAgent.Encryption` record and its HMAC, and the checks a restore makes before
 it touches anything (the key the MANIFEST names is configured; the MANIFEST is authentic).
 
-The tag covers the MANIFEST as the agent reads it: the model's JSON with `ManifestHMAC` empty, keys
-sorted, no spaces (`manifest_content`), so any edit of a value or key a reader acts on (positions, file
-entries, hashes, sizes, the engine, the codec, the key id) is refused, while re-indenting is not.
+The tag covers the MANIFEST's JSON object as stored (keys sorted, no spaces, `ManifestHMAC` empty:
+`manifest_content`), so any edit of a key or value (positions, file entries, hashes, sizes, the engine,
+the codec, the key id, keys unknown to this version) is refused, while re-indenting is not; and a newer
+agent whose model has more fields still verifies what an older one wrote.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 
 from agent import AGENT_VERSION
@@ -31,10 +33,13 @@ def backup_cipher(config: AgentConfig, backup_name: str) -> BackupCipher | None:
     return BackupCipher(key, backup_name) if key is not None else None
 
 
-def manifest_content(manifest: Manifest) -> bytes:
-    """The canonical bytes the MANIFEST's tag covers."""
-    data = manifest.model_dump(mode="json", by_alias=True)
-    encryption = (data.get("TabletAgent") or {}).get("Encryption")
+def manifest_content(manifest: Manifest, *, as_written: bool = False) -> bytes:
+    """The canonical bytes the MANIFEST's tag covers: of the JSON it was read from (`parse_manifest`), or
+    with `as_written` (or when it was not read) of the JSON it is written as."""
+    source = None if as_written else manifest.source
+    data = copy.deepcopy(source) if source is not None else manifest.model_dump(mode="json", by_alias=True)
+    agent = data.get("TabletAgent")
+    encryption = agent.get("Encryption") if isinstance(agent, dict) else None
     if isinstance(encryption, dict):
         encryption["ManifestHMAC"] = ""
     return _DOMAIN + json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -47,7 +52,7 @@ def seal_manifest(manifest: Manifest, cipher: BackupCipher | None) -> Manifest:
     agent = manifest.tablet_agent or AgentInfo(Version=AGENT_VERSION)
     info = EncryptionInfo(KeyId=cipher.key.key_id, Cipher=CIPHER, ChunkSize=cipher.chunk_size)
     unsigned = manifest.model_copy(update={"tablet_agent": agent.model_copy(update={"encryption": info})})
-    tag = cipher.key.authenticate(manifest_content(unsigned))
+    tag = cipher.key.authenticate(manifest_content(unsigned, as_written=True))
     signed = info.model_copy(update={"manifest_hmac": tag})
     return manifest.model_copy(update={"tablet_agent": agent.model_copy(update={"encryption": signed})})
 

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core.core_schema import SerializerFunctionWrapHandler
 
 from agent.errors import DataLoss, InvalidArgument
@@ -170,6 +178,18 @@ class Manifest(_Model):
     stripe_block_size: int | None = Field(default=None, alias="StripeBlockSize")
     # ours
     tablet_agent: AgentInfo | None = Field(default=None, alias="TabletAgent")
+    # the JSON object it was read from (`parse_manifest`), which an encrypted backup's tag covers
+    _source: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> dict[str, Any] | None:
+        return self._source
+
+    def __eq__(self, other: object) -> bool:
+        """Equal content; where a MANIFEST was read from does not count."""
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self.__dict__ == other.__dict__ and self.__pydantic_extra__ == other.__pydantic_extra__
 
     @property
     def engine(self) -> str:
@@ -243,6 +263,7 @@ def parse_manifest(data: bytes, backup: str | None = None) -> Manifest:
         raise DataLoss(f"{where} is not a JSON object")
     try:
         m = Manifest.model_validate(raw)
+        m._source = raw
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
         raise DataLoss(f"{where} is invalid: {problems}") from None

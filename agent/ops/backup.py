@@ -54,6 +54,8 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
     try:
         codec = codec_for_backup(config)
         cipher = backup_cipher(config, name)
+        if cipher is not None:
+            op.info(f"every object is encrypted (AES-256-GCM) under key id {cipher.key.key_id}")
         source = await incremental_source(tablet, params) if params.incremental else None
         ctx = BackupContext(
             mycnf=tablet.mycnf,
@@ -100,7 +102,8 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
                 **outcome.manifest_fields,
             },
         )
-        await write_manifest(handle, seal_manifest(manifest, cipher))
+        manifest = seal_manifest(manifest, cipher)  # with its tag, when encrypted
+        await write_manifest(handle, manifest)
         await handle.end()
     except BaseException as error:
         await _abort(handle, op, error)

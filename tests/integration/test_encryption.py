@@ -84,8 +84,10 @@ def test_builtin_and_incremental_never_store_the_marker_and_restore_identically(
     replica.wait_for_gtid(add_marker_rows(primary, marker))
     # no compression: the strongest case (the objects would hold the marker as is)
     flags = ["--backup_encryption_key_file", str(key), "--compression-engine-name", "none"]
-    agent = agent_factory(replica, extra=flags)
-    backup(agent)
+    agent = agent_factory(replica, extra=[*flags, "--verify_after_backup", "light"])
+    events = backup(agent)
+    assert any(f"under key id {key_id}" in e for e in events)
+    assert any("verified (light)" in e and "all good" in e for e in events), events
     assert files_holding(replica.datadir, marker.encode()), "the marker is in the tablet's files"
     later = f"{marker}-later"
     pos = add_marker_rows(primary, later)

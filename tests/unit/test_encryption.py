@@ -248,6 +248,7 @@ async def test_striped_objects_each_have_their_own_key(tmp_path: Path) -> None:
 def _manifest() -> Manifest:
     return Manifest(
         BackupName="2026-01-01.000000.zone1-0000000001",
+        Hostname="db1",
         BackupMethod="builtin",
         Position="MariaDB/0-1-100",
         FileEntries=[
@@ -266,7 +267,7 @@ def test_manifest_tag_round_trips_and_catches_edits() -> None:
     data = manifest_to_json(sealed)
     assert b'"KeyId": "' + key.key_id.encode() in data and b"ManifestHMAC" in data
     reread = parse_manifest(data)
-    assert manifest_content(reread) == manifest_content(sealed)
+    assert manifest_content(reread) == manifest_content(sealed) == manifest_content(reread, as_written=True)
     got = restore_cipher(reread, ring, "ks/0/b")
     assert got is not None and got.key.key_id == key.key_id and got.backup == reread.backup_name
     # re-indented: still the same content
@@ -279,6 +280,11 @@ def test_manifest_tag_round_trips_and_catches_edits() -> None:
         (b"t/a.ibd", b"t/b.ibd"),
         (b'"kept"', b'"kepT"'),
         (b'"BackupMethod": "builtin"', b'"BackupMethod": "xtrabackup"'),
+        (
+            b'"Hostname": "db1"',
+            b'"Hostname": null',
+        ),  # the same to the model, not to the tag: the JSON is covered
+        (b'"Version": "1"', b'"Version": "1", "Extra": 1'),
     ]:
         assert old in data
         with pytest.raises(AuthenticationFailed, match="MANIFEST of backup ks/0/b"):
