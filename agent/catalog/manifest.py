@@ -191,6 +191,9 @@ class Manifest(_Model):
             return NotImplemented
         return self.__dict__ == other.__dict__ and self.__pydantic_extra__ == other.__pydantic_extra__
 
+    def __hash__(self) -> int:
+        return hash(manifest_to_json(self))
+
     @property
     def engine(self) -> str:
         """The engine that made the backup (`BackupMethod`, empty meaning builtin)."""
