@@ -24,6 +24,16 @@ ALIAS_RE = re.compile(r"^(?P<cell>[A-Za-z0-9_]+)-(?P<uid>[0-9]{1,10})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 SHARD_RE = re.compile(r"^(-|[0-9a-fA-F]*-[0-9a-fA-F]*|[0-9A-Za-z_]+)$")
+IO_CLASS_RE = re.compile(r"^(none|idle|(best-effort|realtime)(:[0-7])?)$")
+SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """`50M` -> 52428800: a byte count with an optional K/M/G/T suffix (powers of 1024)."""
+    m = SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid size {text!r}: use bytes, or a number with K, M, G or T (e.g. 50M)")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
 
 
 class TabletType(enum.StrEnum):
@@ -242,6 +252,29 @@ class AgentConfig(BaseModel):
         default=VerifyMode.OFF, description="verify each new full backup: off, light or deep"
     )
 
+    # encryption and I/O limits
+    backup_encryption_key_file: Path | None = Field(
+        default=None,
+        description="file (mode 600) with 32 random bytes as hex or base64: new backups are encrypted with "
+        "it (AES-256-GCM); none: they are not",
+    )
+    backup_decryption_key_files: str = Field(
+        default="", description="comma-separated older key files restores may use too (key rotation)"
+    )
+    backup_max_rate: int = Field(
+        default=0,
+        ge=0,
+        description="bytes/s a backup reads from the tablet's disks (K/M/G suffixes; 0: no limit)",
+    )
+    storage_max_rate: int = Field(
+        default=0, ge=0, description="bytes/s written to or read from storage (K/M/G suffixes; 0: no limit)"
+    )
+    backup_io_class: str = Field(
+        default="idle",
+        description="I/O scheduling class of child processes (xtrabackup, mbstream, external compressors): "
+        "idle, best-effort[:0-7], realtime[:0-7] or none",
+    )
+
     # topology (optional): tablet records and shard locks in etcd
     topo_implementation: str = Field(
         default="", description="etcd2 to register in an etcd topology; empty: none"
@@ -403,6 +436,18 @@ class AgentConfig(BaseModel):
             )
         return v
 
+    @field_validator("backup_max_rate", "storage_max_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
+
+    @field_validator("backup_io_class")
+    @classmethod
+    def _io_class(cls, v: str) -> str:
+        if not IO_CLASS_RE.match(v.strip().lower()):
+            raise ValueError(f"invalid I/O class {v!r}: use idle, best-effort[:0-7], realtime[:0-7] or none")
+        return v.strip().lower()
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
@@ -472,6 +517,10 @@ class AgentConfig(BaseModel):
                 f"invalid --azblob_backup_endpoint {endpoint!r}: give a URL such as "
                 "https://myaccount.blob.core.usgovcloudapi.net or http://127.0.0.1:10000/devstoreaccount1"
             )
+
+    @property
+    def decryption_key_paths(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.backup_decryption_key_files.split(",") if p.strip()]
 
     @property
     def effective_state_dir(self) -> Path:

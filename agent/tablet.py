@@ -15,6 +15,7 @@ from agent.mysql.mycnf import MyCnf, read_mycnf
 from agent.mysql.mysqld import Mysqld
 from agent.mysql.state import MysqldStateCache
 from agent.operations import HISTORY_LIMIT, Operation, OperationRunner
+from agent.pipeline.ratelimit import RateLimits
 from agent.statedir.history import append_history, read_history
 from agent.storage import BackupStorage, storage_from_config
 
@@ -46,6 +47,7 @@ class Tablet:
     started_monotonic: float
     summary: BackupSummary
     mysqld_states: MysqldStateCache
+    limits: RateLimits  # --backup_max_rate, --storage_max_rate, --backup_io_class (reloaded on SIGHUP)
     restored_to: str = ""  # what the last restore brought the tablet to, for Status
     unfinished_restore: str = ""  # a restore that could not be finished or rolled back: why, for Status
     archive: ArchiveState = field(default_factory=ArchiveState)
@@ -81,6 +83,7 @@ class Tablet:
             started_monotonic=time.monotonic(),
             summary=summary,
             mysqld_states=states,
+            limits=RateLimits(config.backup_max_rate, config.storage_max_rate, config.backup_io_class),
         )
 
     @property

@@ -18,6 +18,7 @@ import uvloop
 
 from agent import AGENT_VERSION
 from agent.binlogs.pending import pending_binlogs
+from agent.catalog.encryption import keyring_from
 from agent.config import (
     GROUP_SUFFIX_ENVS,
     IGNORED_VITESS_FLAGS,
@@ -37,6 +38,7 @@ from agent.ops.archive import ROLE, Archiver
 from agent.ops.restore.at_start import restore_on_start, startup_restore_params
 from agent.ops.startup import prepare_tablet
 from agent.ops.tablet_type import current_type
+from agent.pipeline.ratelimit import format_rate
 from agent.tablet import Tablet
 
 if TYPE_CHECKING:
@@ -186,11 +188,12 @@ async def _restore_on_start(tablet: Tablet) -> None:
         log.error("--restore_from_backup: the restore could not start", error=str(e))
 
 
-async def serve(config: AgentConfig) -> int:
+async def serve(config: AgentConfig, argv: Sequence[str] | None = None) -> int:
     notifier = SystemdNotifier()
     if config.restore_from_backup:
         startup_restore_params(config)  # flags that cannot be read end the start with exit 2
     tablet = Tablet.create(config)
+    log_protection(tablet)
     await prepare_tablet(tablet)
     server = AgentServer(TabletManagerServicer(tablet), config)
     port = await server.start(config)
@@ -221,7 +224,12 @@ async def serve(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+
+    def reload() -> None:
+        server.reload()
+        reload_limits(tablet, argv)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     watchdog = asyncio.create_task(notifier.run_watchdog())
     await stop.wait()
 
@@ -241,6 +249,41 @@ async def serve(config: AgentConfig) -> int:
         await watchdog
     log.info("stopped")
     return 0
+
+
+def log_protection(tablet: Tablet) -> None:
+    """Check the key files now (exit 2 naming a bad one) and log their key ids and the I/O limits."""
+    config = tablet.config
+    keyring = keyring_from(config)
+    if keyring.current is not None:
+        log.info("new backups are encrypted", key_id=keyring.current.key_id, key_file=keyring.current.source)
+    for key in keyring.keys:
+        if key is not keyring.current:
+            log.info("decryption key", key_id=key.key_id, key_file=key.source)
+    limits = tablet.limits
+    log.info(
+        "I/O limits",
+        backup_max_rate=format_rate(limits.disk),
+        storage_max_rate=format_rate(limits.storage),
+        backup_io_class=limits.io_class,
+    )
+
+
+def reload_limits(tablet: Tablet, argv: Sequence[str] | None) -> None:
+    """SIGHUP: the rate limits and the I/O class from the configuration as it is now (file, environment,
+    flags: `argv` as the daemon was started with), applied to running operations too."""
+    try:
+        config = parse_config(argv) if argv is not None else tablet.config
+    except ConfigError as e:
+        log.error("limits not reloaded: keeping the old ones", error=str(e))
+        return
+    tablet.limits.reload(config.backup_max_rate, config.storage_max_rate, config.backup_io_class)
+    log.info(
+        "I/O limits reloaded",
+        backup_max_rate=format_rate(config.backup_max_rate),
+        storage_max_rate=format_rate(config.storage_max_rate),
+        backup_io_class=config.backup_io_class,
+    )
 
 
 async def register(tablet: Tablet, port: int) -> Registration | None:
@@ -364,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--{name} is accepted for vttablet compatibility and ignored: {IGNORED_VITESS_FLAGS[name]}"
         )
     try:
-        return uvloop.run(serve(config))
+        return uvloop.run(serve(config, argv))
     except ConfigError as e:
         log.error("configuration error", error=str(e))
         print(f"tablet-agent: error: {e}", file=sys.stderr)

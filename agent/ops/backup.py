@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from agent import AGENT_VERSION
 from agent.aio.tasks import complete
+from agent.catalog.encryption import backup_cipher, seal_manifest
 from agent.catalog.listing import BackupEntry, list_backup_entries, write_manifest
 from agent.catalog.manifest import AgentInfo, Manifest, backup_name, format_time, looks_like_backup_name
 from agent.catalog.verification import Depth
@@ -59,6 +60,9 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
     op.info(f"starting {engine.name} backup {directory}/{name} to {tablet.storage.describe()}")
     try:
         codec = codec_for_backup(config)
+        cipher = backup_cipher(config, name)
+        if cipher is not None:
+            op.info(f"every object is encrypted (AES-256-GCM) under key id {cipher.key.key_id}")
         source = await incremental_source(tablet, params) if params.incremental else None
         ctx = BackupContext(
             mycnf=tablet.mycnf,
@@ -70,6 +74,8 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
             op=op,
             handle=handle,
             incremental_from=source,
+            cipher=cipher,
+            limits=tablet.limits.for_operation(params.max_disk_rate, params.max_storage_rate),
         )
         outcome = await engine.backup(ctx)
         op.set_phase("checking the stored objects")
@@ -103,6 +109,7 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
                 **outcome.manifest_fields,
             },
         )
+        manifest = seal_manifest(manifest, cipher)  # with its tag, when encrypted
         await write_manifest(handle, manifest)
         await handle.end()
     except BaseException as error:

@@ -27,6 +27,7 @@ from agent.mysql.gtid import MariaDBGTIDSet, parse_position
 from agent.mysql.scratch import ScratchDirs, check_tables, scratch_mysqld
 from agent.operations import Kind, Operation
 from agent.ops.restore.preflight import PlannedBackup, check_space, plan_backups, space_needs
+from agent.pipeline.encryption import opener_for
 from agent.pipeline.load import DecodedStream
 from agent.tablet import Tablet
 from engines.base import RestoreContext, RestoreTargets
@@ -130,6 +131,7 @@ async def verify_objects(plan: PlannedBackup, op: Operation, concurrency: int) -
             expected_crc32_hex=record.crc32,
             expected_sha256_hex=record.sha256,
             name=plan.object_path(record),
+            opener=opener_for(plan.cipher, record.name, plan.object_path(record)),
         )
         n = 0
         try:
@@ -178,6 +180,8 @@ async def _deep(tablet: Tablet, plan: PlannedBackup, op: Operation) -> list[str]
             handle=plan.entry.handle,
             manifest=plan.manifest,
             concurrency=tablet.config.restore_concurrency,
+            cipher=plan.cipher,
+            limits=tablet.limits.shared,
         )
         await plan.engine.restore(ctx)
         if plan.manifest.incremental:

@@ -473,7 +473,9 @@ def _level(o: CodecOptions, name: str, default: int, low: int, high: int) -> int
 
 def _zstd(o: CodecOptions) -> Codec:
     threads = _threads(o)
-    return ZstdCodec(level=_level(o, "zstd", DEFAULT_ZSTD_LEVEL, -7, 22), threads=0 if threads == 1 else threads)
+    return ZstdCodec(
+        level=_level(o, "zstd", DEFAULT_ZSTD_LEVEL, -7, 22), threads=0 if threads == 1 else threads
+    )
 
 
 def _gzip(name: str) -> Callable[[CodecOptions], Codec]:

@@ -144,3 +144,43 @@ def test_children_read_the_agents_option_groups() -> None:
     assert environ == {"MARIADB_GROUP_SUFFIX": ".tab1", "MYSQL_GROUP_SUFFIX": ".tab1", "PATH": "/bin"}
     export_group_suffix(build_config(BASE, environ={}), environ)
     assert environ == {"PATH": "/bin"}
+
+
+def test_rates_io_class_and_key_files(tmp_path: Path) -> None:
+    cfg = build_config(
+        BASE
+        | {
+            "backup_max_rate": "50M",
+            "storage-max-rate": "1.5G",
+            "backup_io_class": "Best-Effort:7",
+            "backup_decryption_key_files": " /k/a.key, /k/b.key ,",
+        },
+        environ={},
+    )
+    assert (cfg.backup_max_rate, cfg.storage_max_rate) == (50 << 20, 3 << 29)
+    assert cfg.backup_io_class == "best-effort:7"
+    assert cfg.decryption_key_paths == [Path("/k/a.key"), Path("/k/b.key")]
+    for bad in ({"backup_max_rate": "fast"}, {"backup_io_class": "lazy"}, {"storage_max_rate": "-1"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build_config(BASE | bad, environ={})
+
+
+def test_sighup_reloads_the_limits_from_the_config_file(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from agent.daemon.main import reload_limits
+    from agent.pipeline.ratelimit import RateLimits
+
+    toml = tmp_path / "agent.toml"
+    toml.write_text('backup_max_rate = "10M"\n')
+    argv = [f"--{k}={v}" for k, v in BASE.items()] + ["--config", str(toml)]
+    cfg = parse_config(argv)
+    tablet = SimpleNamespace(config=cfg, limits=RateLimits(cfg.backup_max_rate, cfg.storage_max_rate))
+    running = tablet.limits.for_operation()
+    assert running.disk.rate == 10 << 20
+    toml.write_text('backup_max_rate = "20M"\nstorage_max_rate = 1000\nbackup_io_class = "none"\n')
+    reload_limits(tablet, argv)  # type: ignore[arg-type]
+    assert (running.disk.rate, running.storage.rate, running.io_class) == (20 << 20, 1000, "none")
+    toml.write_text('backup_max_rate = "lots"\n')
+    reload_limits(tablet, argv)  # type: ignore[arg-type]  # refused: the old limits stay
+    assert running.disk.rate == 20 << 20

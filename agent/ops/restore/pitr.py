@@ -40,6 +40,8 @@ async def restore_binlogs(
             handle=plan.entry.handle,
             manifest=plan.manifest,
             concurrency=tablet.config.restore_concurrency,
+            cipher=plan.cipher,
+            limits=tablet.limits.shared,
         )
         await plan.engine.restore(ctx)
         end = parse_position(plan.manifest.position, default_flavor=start.flavor)

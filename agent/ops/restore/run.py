@@ -370,6 +370,8 @@ def _context(
         handle=plan.entry.handle,
         manifest=plan.manifest,
         concurrency=tablet.config.restore_concurrency,
+        cipher=plan.cipher,
+        limits=tablet.limits.shared,
     )
 
 
