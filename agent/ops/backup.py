@@ -11,14 +11,14 @@ import socket
 from datetime import UTC, datetime
 
 from agent import AGENT_VERSION
-from agent.aio.tasks import complete
+from agent.aio.tasks import complete, in_thread
 from agent.catalog.encryption import backup_cipher, seal_manifest
 from agent.catalog.listing import BackupEntry, list_backup_entries, write_manifest
 from agent.catalog.manifest import AgentInfo, Manifest, backup_name, format_time, looks_like_backup_name
 from agent.catalog.verification import Depth
 from agent.config import VerifyMode
 from agent.errors import AgentError, DataLoss, FailedPrecondition
-from agent.mysql.gtid import parse_position
+from agent.mysql.gtid import Flavor, parse_position
 from agent.operations import Kind, Operation
 from agent.ops.codecs import codec_for_backup, compression_fields
 from agent.ops.tablet_type import check_backup_allowed, resting_type
@@ -28,7 +28,7 @@ from agent.storage.base import BackupHandle
 from agent.storage.recording import RecordingHandle
 from agent.tablet import Tablet
 from engines import engine_for_backup
-from engines.base import BackupContext, Engine, IncrementalSource
+from engines.base import BackupContext, BackupOutcome, Engine, IncrementalSource
 
 NAME_ATTEMPTS = 3
 
@@ -87,15 +87,16 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
                 f"{tablet.storage.describe()} and take the backup again"
             )
         op.set_phase("writing MANIFEST")
+        purged, server_uuid = vitess_server_fields(outcome)
         manifest = Manifest(
             BackupName=name,
             Position=outcome.position,
-            PurgedPosition=outcome.purged_position,
+            PurgedPosition=purged,
             BackupTime=format_time(started),
             FinishedTime=format_time(datetime.now(UTC)),
-            ServerUUID=outcome.server_uuid,
+            ServerUUID=server_uuid,
             TabletAlias=tablet.alias,
-            Hostname=socket.gethostname(),
+            Hostname=await in_thread(qualified_hostname),
             Keyspace=config.init_keyspace,
             Shard=config.init_shard,
             MySQLVersion=outcome.mysql_version,
@@ -205,3 +206,18 @@ async def run_init_sql(tablet: Tablet, init: InitSQL, op: Operation) -> None:
         op.warning(f"init_sql failed: {reason}; backing up anyway (fail_on_error is off)")
         return
     op.info(f"init_sql: {len(init.queries)} quer{'y' if len(init.queries) == 1 else 'ies'} run")
+
+
+def vitess_server_fields(outcome: BackupOutcome) -> tuple[str, str]:
+    """PurgedPosition and ServerUUID as Vitess fills them: MySQL's `@@gtid_purged` and `@@server_uuid`;
+    both empty on MariaDB (Vitess's MariaDB flavor reports neither)."""
+    if outcome.position and parse_position(outcome.position).flavor is Flavor.MARIADB:
+        return "", ""
+    return outcome.purged_position, outcome.server_uuid
+
+
+def qualified_hostname() -> str:
+    """The fully qualified name, as Vitess writes it; the plain host name when the resolver only
+    knows an unqualified one (such as `localhost` for 127.0.0.1)."""
+    fqdn = socket.getfqdn()
+    return fqdn if "." in fqdn else socket.gethostname()
