@@ -30,7 +30,7 @@ from agent.ops.restore.preflight import PlannedBackup, check_space, plan_backups
 from agent.pipeline.encryption import opener_for
 from agent.pipeline.load import DecodedStream
 from agent.tablet import Tablet
-from engines.base import RestoreContext, RestoreTargets
+from engines.base import RestoreTargets
 from engines.binlog import binlog_files
 
 MAX_PROBLEMS = 100
@@ -171,19 +171,7 @@ async def _deep(tablet: Tablet, plan: PlannedBackup, op: Operation) -> list[str]
         except AgentError as e:
             raise FailedPrecondition(f"deep verification restores a copy under {root}: {e}") from None
         op.set_phase("verifying: restoring into a scratch directory", plan.entry.name)
-        ctx = RestoreContext(
-            mycnf=tablet.mycnf,
-            targets=targets,
-            work_dir=root / "work",
-            codec=plan.codec,
-            op=op,
-            handle=plan.entry.handle,
-            manifest=plan.manifest,
-            concurrency=tablet.config.restore_concurrency,
-            cipher=plan.cipher,
-            limits=tablet.limits.shared,
-        )
-        await plan.engine.restore(ctx)
+        await plan.engine.restore(plan.context(tablet, targets, root / "work", op))
         if plan.manifest.incremental:
             return await in_thread(_decode_binlogs, binlog_files(plan.manifest, root / "binlogs"))
         return await _start_and_check(tablet, plan, root, op)

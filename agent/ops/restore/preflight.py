@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.binlogs.apply import check_applier_tools
 from agent.catalog.encryption import keyring_from, restore_cipher
@@ -23,7 +24,11 @@ from agent.ops.codecs import codec_for_restore
 from agent.pipeline.compression import Codec, ExternalCodec
 from agent.pipeline.encryption import BackupCipher
 from engines import engine_for_manifest
-from engines.base import Engine, RestoreTargets
+from engines.base import Engine, RestoreContext, RestoreTargets
+
+if TYPE_CHECKING:
+    from agent.operations import Operation
+    from agent.tablet import Tablet
 
 SPACE_MARGIN = 0.05  # of the restored size, plus:
 SPACE_SLACK = 64 << 20
@@ -44,6 +49,23 @@ class PlannedBackup:
     @property
     def where(self) -> str:
         return f"{self.entry.directory}/{self.entry.name}"
+
+    def context(
+        self, tablet: Tablet, targets: RestoreTargets, work_dir: Path, op: Operation
+    ) -> RestoreContext:
+        """What the engine needs to restore this backup into `targets`."""
+        return RestoreContext(
+            mycnf=tablet.mycnf,
+            targets=targets,
+            work_dir=work_dir,
+            codec=self.codec,
+            op=op,
+            handle=self.entry.handle,
+            manifest=self.manifest,
+            concurrency=tablet.config.restore_concurrency,
+            cipher=self.cipher,
+            limits=tablet.limits.shared,
+        )
 
     def object_path(self, record: ObjectRecord) -> str:
         """`ks/0/<backup>/17`, and the file it holds when that says more."""
