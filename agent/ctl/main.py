@@ -49,7 +49,8 @@ USAGE_CODES = {
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.UNIMPLEMENTED,
 }
-READ_COMMANDS = {"ping", "status", "backups"}
+READ_COMMANDS = {"ping", "status", "backups", "check"}
+CHECK_TIMEOUT = 90.0  # the agent bounds each of its checks to 30 s
 
 EPILOG = f"""\
 environment:
@@ -240,6 +241,16 @@ def make_parser(environ: Mapping[str, str] | None = None) -> CtlParser:
     ping.add_argument("--payload", default="ping", help="text the agent echoes back")
     st = command("status", "show the tablet's state: mysqld, replication, operations, backups, health")
     st.add_argument("--json", action="store_true", help="print the Status message as JSON")
+    ck = command(
+        "check",
+        "check the agent's set-up as backups and restores need it: one OK/WARN/FAIL line per check, with the "
+        "fix (exit 1 when one fails)",
+        epilog="The start-up checks (compression, programs, state directory, xtrabackup) again, and what only a\n"
+        "live check shows: the storage round trip, the xtrabackup user's connection and grants, binlog\n"
+        f"settings, room for a staged restore of the newest full backup. Waits up to {CHECK_TIMEOUT:g}s, or\n"
+        "--timeout when longer.",
+    )
+    ck.add_argument("--json", action="store_true", help="print the Check response as JSON")
 
     b = command("backup", "take a backup and follow it (events, progress bar on a terminal)")
     _backup_options(b)
@@ -548,6 +559,8 @@ async def run(args: argparse.Namespace) -> int:
                 )
             else:
                 print(render_status(status))
+        elif cmd == "check":
+            return await run_check(stub, args)
         elif cmd == "backup":
             req = tabletmanagerdata_pb2.BackupRequest(
                 concurrency=args.concurrency,
@@ -600,6 +613,27 @@ async def run(args: argparse.Namespace) -> int:
             )
             for name in rmresp.removed:
                 print(f"removed {name}")
+    return EXIT_OK
+
+
+async def run_check(stub: Any, args: argparse.Namespace) -> int:
+    """`tabletctl check`: one line per check, `FAIL name: detail; fix: ...`; exit 1 when one failed."""
+    resp = await stub.Check(agentdata_pb2.CheckRequest(), timeout=max(args.timeout, CHECK_TIMEOUT))
+    if args.json:
+        print(
+            json_format.MessageToJson(
+                resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
+    else:
+        for r in resp.results:
+            state = agentdata_pb2.CheckState.Name(r.state).removeprefix("CHECK_")
+            fix = f"; fix: {r.fix}" if r.fix else ""
+            print(f"{state:<4} {r.name}: {r.detail}{fix}")
+    failed = sum(r.state == agentdata_pb2.CHECK_FAIL for r in resp.results)
+    if failed:
+        print(f"tabletctl: {failed} check(s) failed", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -35,6 +35,7 @@ from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
 from agent.operations import Operation
 from agent.ops.archive import ROLE, Archiver
+from agent.ops.check import check_at_start, warn_at_start
 from agent.ops.restore.at_start import restore_on_start, startup_restore_params
 from agent.ops.startup import prepare_tablet
 from agent.ops.tablet_type import current_type
@@ -192,9 +193,11 @@ async def serve(config: AgentConfig, argv: Sequence[str] | None = None) -> int:
     notifier = SystemdNotifier()
     if config.restore_from_backup:
         startup_restore_params(config)  # flags that cannot be read end the start with exit 2
+    await check_at_start(config)  # set-up mistakes end the start here (exit 2, with the fix)
     tablet = Tablet.create(config)
     log_protection(tablet)
     await prepare_tablet(tablet)
+    await warn_at_start(tablet)
     server = AgentServer(TabletManagerServicer(tablet), config)
     port = await server.start(config)
     log.info(

@@ -66,6 +66,29 @@ NOTHING_TO_DO: OperationResult.ValueType  # 5
 """Nothing to do (e.g. an incremental backup with no new transactions): not a failure."""
 Global___OperationResult: _TypeAlias = OperationResult  # noqa: Y015
 
+class _CheckState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CheckStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHECK_STATE_UNSPECIFIED: _CheckState.ValueType  # 0
+    CHECK_OK: _CheckState.ValueType  # 1
+    CHECK_WARN: _CheckState.ValueType  # 2
+    """works, but not as recommended, or not checked"""
+    CHECK_FAIL: _CheckState.ValueType  # 3
+    """a backup or a restore would fail"""
+
+class CheckState(_CheckState, metaclass=_CheckStateEnumTypeWrapper): ...
+
+CHECK_STATE_UNSPECIFIED: CheckState.ValueType  # 0
+CHECK_OK: CheckState.ValueType  # 1
+CHECK_WARN: CheckState.ValueType  # 2
+"""works, but not as recommended, or not checked"""
+CHECK_FAIL: CheckState.ValueType  # 3
+"""a backup or a restore would fail"""
+Global___CheckState: _TypeAlias = CheckState  # noqa: Y015
+
 @_typing.final
 class Operation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -684,3 +707,71 @@ class DiscardPreviousResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscardPreviousResponse: _TypeAlias = DiscardPreviousResponse  # noqa: Y015
+
+@_typing.final
+class CheckRequest(_message.Message):
+    """Check: the agent's set-up, checked as a backup and a restore would need it (`tabletctl check`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckRequest: _TypeAlias = CheckRequest  # noqa: Y015
+
+@_typing.final
+class CheckResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    FIX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """e.g. "storage", "xtrabackup grants" """
+    state: Global___CheckState.ValueType
+    detail: _builtins.str
+    """what was found"""
+    fix: _builtins.str
+    """what to do about it (empty when OK)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: Global___CheckState.ValueType = ...,
+        detail: _builtins.str = ...,
+        fix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "fix", b"fix", "name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckResult: _TypeAlias = CheckResult  # noqa: Y015
+
+@_typing.final
+class CheckResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CheckResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckResponse: _TypeAlias = CheckResponse  # noqa: Y015
