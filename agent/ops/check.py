@@ -24,7 +24,7 @@ from agent.binlogs.apply import check_applier_tools
 from agent.catalog.listing import list_backup_entries, newest_complete_full
 from agent.catalog.pitr_path import RestorePath
 from agent.config import AgentConfig, EngineName, StorageKind, TabletType
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, StorageUnreachable
 from agent.log import get_logger
 from agent.mysql import replication
 from agent.mysql.client import MysqlClient, MysqlSession
@@ -110,7 +110,10 @@ async def check_at_start(config: AgentConfig) -> None:
     results = [*ports(config), *await config_checks(config)]
     storage = storage_from_config(config)  # the tablet's own is made later, by Tablet.create
     try:
-        results.append(await _bounded("storage", storage_round_trip(storage, config)))
+        # A store that does not answer (yet) is served like a mysqld that does not: the agent starts, the
+        # backups fail until it answers; a store that refuses (rights, bucket, credentials) is refused.
+        probe = storage_round_trip(storage, config, unreachable=State.WARN)
+        results.append(await _bounded("storage", probe, late=State.WARN))
     finally:
         await storage.close()
     report_at_start(results)
@@ -172,12 +175,14 @@ async def live_checks(tablet: Tablet) -> list[CheckResult]:
     return results
 
 
-async def _bounded(name: str, check: Awaitable[CheckResult]) -> CheckResult:
+async def _bounded(name: str, check: Awaitable[CheckResult], late: State = State.FAIL) -> CheckResult:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             return await check
     except TimeoutError:
-        return fail(name, f"no answer within {CHECK_TIMEOUT:g}s", "see the agent's log; retry the check")
+        return CheckResult(
+            name, late, f"no answer within {CHECK_TIMEOUT:g}s", "see the agent's log; retry the check"
+        )
 
 
 async def _bounded_all(checks: Awaitable[list[CheckResult]]) -> list[CheckResult]:
@@ -393,9 +398,11 @@ async def tool_version(path: str) -> CheckResult:
 # --- storage --------------------------------------------------------------------------------------------
 
 
-async def storage_round_trip(storage: BackupStorage, config: AgentConfig) -> CheckResult:
+async def storage_round_trip(
+    storage: BackupStorage, config: AgentConfig, unreachable: State = State.FAIL
+) -> CheckResult:
     """Write a small object where this tablet's backups go (a throw-away backup), read it back, compare,
-    and remove it, through the storage's own protocol."""
+    and remove it, through the storage's own protocol; a store that does not answer is `unreachable`."""
     directory = f"{config.init_keyspace}/{config.init_shard}"
     name = f"{PROBE_PREFIX}.{config.tablet_alias}.{secrets.token_hex(4)}"
     where = f"{storage.describe()} ({directory})"
@@ -424,6 +431,10 @@ async def storage_round_trip(storage: BackupStorage, config: AgentConfig) -> Che
         step = "remove the probe backup from"
         removing, handle = handle, None
         await removing.abort()
+    except StorageUnreachable as e:
+        return CheckResult(
+            "storage", unreachable, f"cannot reach {where} to {step.split(' ', 1)[0]}: {e}", fix
+        )
     except AgentError as e:
         return fail("storage", f"cannot {step} {where}: {e}", fix)
     finally:

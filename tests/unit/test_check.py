@@ -12,6 +12,7 @@ import pytest
 from agent.config import AgentConfig, build_config
 from agent.ops import check
 from agent.ops.check import State
+from agent.storage.base import BackupHandle
 from agent.storage.file import FileBackupStorage
 
 
@@ -65,6 +66,20 @@ def test_a_storage_root_that_is_a_file_fails_with_the_fix(tmp_path: Path) -> Non
     assert "--file_backup_storage_root" in result.fix
 
 
+def test_a_store_that_does_not_answer_fails_the_check_but_only_warns_at_start(tmp_path: Path) -> None:
+    from agent.errors import StorageUnreachable
+
+    class Unreachable(FileBackupStorage):
+        async def start_backup(self, directory: str, name: str) -> BackupHandle:
+            raise StorageUnreachable("HEAD on s3:b failed after 5 attempts: Connection refused")
+
+    storage = Unreachable(tmp_path / "b")
+    checked = asyncio.run(check.storage_round_trip(storage, config(tmp_path)))
+    assert checked.state is State.FAIL and checked.detail.startswith("cannot reach file:")
+    at_start = asyncio.run(check.storage_round_trip(storage, config(tmp_path), unreachable=State.WARN))
+    assert at_start.state is State.WARN and "Connection refused" in at_start.detail
+
+
 def test_state_dir_is_created_and_a_file_in_the_way_fails(tmp_path: Path) -> None:
     assert check.state_dir(tmp_path / "state" / "deep").state is State.OK
     assert (tmp_path / "state" / "deep").is_dir()
@@ -86,7 +101,7 @@ def test_state_dir_is_created_and_a_file_in_the_way_fails(tmp_path: Path) -> Non
 def test_compression_is_built_at_start(tmp_path: Path, settings: dict[str, str], detail: str) -> None:
     result = check.compression(config(tmp_path, **settings))
     assert result.state is State.FAIL and detail in result.detail
-    assert check.compression(config(tmp_path)).line() == "compression: zstd level 3"
+    assert check.compression(config(tmp_path)).line() == "compression: zstd level 1"
 
 
 def test_external_commands_and_the_start_command_must_resolve(tmp_path: Path) -> None:
