@@ -25,24 +25,30 @@ S = TypeVar("S", bound=Server)
 
 
 def measure_round(
-    agent: AgentProcess,
+    sb: Sandbox,
+    work: Path,
+    flags: list[str],
     up: BenchResult,
     down: BenchResult,
-    reference_upload: Callable[[], object],
-    reference_download: Callable[[], object],
+    *,
+    references: tuple[Callable[[Sandbox], object], Callable[[Path], object]],
+    env: dict[str, str] | None = None,
 ) -> str:
-    """Start the agent, time its backup, the reference upload, its restore and the reference download
-    (caches dropped before each), stop it; the note of dropping the caches."""
+    """Start an agent on `sb` with `flags`, time its backup, the reference upload (`references[0](sb)`),
+    its restore and the reference download (`references[1]` into a folder of `work`), caches dropped
+    before each; stop it. The note of dropping the caches."""
+    upload, download = references
+    agent = AgentProcess(sb.cnf, work / "unused", work / "agent", extra=flags, env=env)
     agent.start(timeout=60)
     try:
         note = drop_caches()
         up.agent_seconds.append(timed(lambda: backup(agent, timeout=3600, allow_primary=True)))
         drop_caches()
-        up.ref_seconds.append(timed(reference_upload))
+        up.ref_seconds.append(timed(lambda: upload(sb)))
         drop_caches()
         down.agent_seconds.append(timed(lambda: restore(agent, timeout=3600)))
         drop_caches()
-        down.ref_seconds.append(timed(reference_download))
+        down.ref_seconds.append(timed(lambda: download(work / "download")))
     finally:
         agent.stop()
     return note

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 from azure.storage.blob import ContainerClient
@@ -18,7 +19,6 @@ from azure.storage.blob import ContainerClient
 from bench._object_storage import measure_round, run
 from bench.common import BenchResult
 from tests import azuriteserver
-from tests.agent_process import AgentProcess
 from tests.azuriteserver import ACCOUNT, KEY, AzuriteServer
 from tests.sandbox import Sandbox
 
@@ -53,15 +53,9 @@ def one_round(server: AzuriteServer, sb: Sandbox, work: Path, up: BenchResult, d
         "--compression-engine-name", "none",
     ]  # fmt: skip
     env = {**os.environ, "VT_AZBLOB_ACCOUNT_KEY": KEY}
-    agent = AgentProcess(sb.cnf, work / "unused", work / "agent", extra=flags, env=env)
+    references = (partial(reference_upload, container), partial(reference_download, container))
     try:
-        return measure_round(
-            agent,
-            up,
-            down,
-            lambda: reference_upload(container, sb),
-            lambda: reference_download(container, work / "download"),
-        )
+        return measure_round(sb, work, flags, up, down, references=references, env=env)
     finally:
         container.delete_container()
 

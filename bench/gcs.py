@@ -13,11 +13,11 @@ import shutil
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from bench._object_storage import measure_round, run
 from bench.common import BenchResult
-from tests.agent_process import AgentProcess
 from tests.gcsserver import GcsServer
 from tests.sandbox import Sandbox
 
@@ -85,14 +85,8 @@ def one_round(server: GcsServer, sb: Sandbox, work: Path, up: BenchResult, down:
         "--backup_storage_implementation", "gcs", "--gcs_backup_storage_bucket", bucket,
         "--gcs_backup_storage_endpoint", server.endpoint, "--compression-engine-name", "none",
     ]  # fmt: skip
-    agent = AgentProcess(sb.cnf, work / "unused", work / "agent", extra=flags)
-    return measure_round(
-        agent,
-        up,
-        down,
-        lambda: reference_upload(server, bucket, sb),
-        lambda: reference_download(server, bucket, work / "download"),
-    )
+    references = (partial(reference_upload, server, bucket), partial(reference_download, server, bucket))
+    return measure_round(sb, work, flags, up, down, references=references)
 
 
 def main(argv: list[str] | None = None) -> int:

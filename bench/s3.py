@@ -11,11 +11,11 @@ import os
 import shutil
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 from bench._object_storage import measure_round, run
 from bench.common import BenchResult
-from tests.agent_process import AgentProcess
 from tests.s3server import CREDENTIALS, S3Server
 from tests.sandbox import Sandbox
 
@@ -48,14 +48,8 @@ def one_round(server: S3Server, sb: Sandbox, work: Path, up: BenchResult, down: 
         "--s3_backup_aws_endpoint", server.endpoint, "--s3_backup_force_path_style",
         "--compression-engine-name", "none",
     ]  # fmt: skip
-    agent = AgentProcess(sb.cnf, work / "unused", work / "agent", extra=flags, env=dict(os.environ))
-    return measure_round(
-        agent,
-        up,
-        down,
-        lambda: reference_upload(server, bucket, sb),
-        lambda: reference_download(server, bucket, work / "download"),
-    )
+    references = (partial(reference_upload, server, bucket), partial(reference_download, server, bucket))
+    return measure_round(sb, work, flags, up, down, references=references, env=dict(os.environ))
 
 
 def main(argv: list[str] | None = None) -> int:
