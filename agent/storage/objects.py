@@ -15,16 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import agent.storage.base as contract
 from agent.errors import AgentError, FailedPrecondition, NotFound, StorageError
-from agent.storage.base import (
-    BackupHandle,
-    BackupWriter,
-    HandleState,
-    validate_backup_name,
-    validate_directory,
-    validate_object_name,
-    validate_record_name,
-)
+from agent.storage.base import BackupHandle, BackupWriter, HandleState
 
 MIB = 1 << 20
 
@@ -234,13 +227,13 @@ class ObjectStorage(ABC):
         return bool(names)
 
     async def list_backups(self, directory: str) -> list[BackupHandle]:
-        validate_directory(directory)
+        contract.validate_directory(directory)
         base = self.key(directory) + "/"
         _, prefixes = await self.list_names(base, "/")
         names = []
         for p in prefixes:
             with contextlib.suppress(AgentError):
-                names.append(validate_backup_name(p[len(base) :].rstrip("/")))
+                names.append(contract.validate_backup_name(p[len(base) :].rstrip("/")))
         return [ObjectHandle(self, directory, n, read_only=True) for n in sorted(names)]
 
     async def list_directories(self) -> list[str]:
@@ -253,8 +246,8 @@ class ObjectStorage(ABC):
         return sorted(found)
 
     async def start_backup(self, directory: str, name: str) -> BackupHandle:
-        validate_directory(directory)
-        validate_backup_name(name)
+        contract.validate_directory(directory)
+        contract.validate_backup_name(name)
         if await self.exists(directory, name, "checking the backup name"):
             raise FailedPrecondition(
                 f"backup {directory}/{name} already exists in {self.describe()}: backup names are never reused"
@@ -262,8 +255,8 @@ class ObjectStorage(ABC):
         return ObjectHandle(self, directory, name, read_only=False)
 
     async def remove_backup(self, directory: str, name: str) -> None:
-        validate_directory(directory)
-        validate_backup_name(name)
+        contract.validate_directory(directory)
+        contract.validate_backup_name(name)
         names, _ = await self.list_names(self.key(directory, name) + "/")
         if not names:
             raise NotFound(f"backup {directory}/{name} not found in {self.describe()}")
@@ -277,7 +270,7 @@ class ObjectHandle(HandleState):
         self._writers: dict[str, PartWriter] = {}
 
     def _key(self, filename: str) -> str:
-        return self._storage.key(self._directory, self._name, validate_object_name(filename))
+        return self._storage.key(self._directory, self._name, contract.validate_object_name(filename))
 
     async def add_file(self, filename: str, size_hint: int = -1) -> BackupWriter:
         self._require_writable("add a file to")
@@ -296,7 +289,7 @@ class ObjectHandle(HandleState):
         return await self._storage.size(self._key(filename))
 
     async def put_record(self, filename: str, data: bytes) -> None:
-        validate_record_name(filename, data)
+        contract.validate_record_name(filename, data)
         if not await self._storage.exists(self._directory, self._name):
             raise NotFound(f"backup {self._directory}/{self._name} not found in {self._storage.describe()}")
         await self._storage.put(self._storage.key(self._directory, self._name, filename), data)
