@@ -8,20 +8,18 @@ alternating rounds.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
-import tempfile
+from functools import partial
 from pathlib import Path
 
 from azure.storage.blob import ContainerClient
 
-from bench.common import BenchResult, datadir_megabytes, dataset, drop_caches, report, timed
+from bench._object_storage import measure_round, run
+from bench.common import BenchResult
 from tests import azuriteserver
-from tests.agent_process import AgentProcess
 from tests.azuriteserver import ACCOUNT, KEY, AzuriteServer
-from tests.integration.helpers import backup, restore
 from tests.sandbox import Sandbox
 
 CONCURRENCY = 4
@@ -55,55 +53,20 @@ def one_round(server: AzuriteServer, sb: Sandbox, work: Path, up: BenchResult, d
         "--compression-engine-name", "none",
     ]  # fmt: skip
     env = {**os.environ, "VT_AZBLOB_ACCOUNT_KEY": KEY}
-    agent = AgentProcess(sb.cnf, work / "unused", work / "agent", extra=flags, env=env)
-    agent.start(timeout=60)
+    references = (partial(reference_upload, container), partial(reference_download, container))
     try:
-        note = drop_caches()
-        up.agent_seconds.append(timed(lambda: backup(agent, timeout=3600, allow_primary=True)))
-        drop_caches()
-        up.ref_seconds.append(timed(lambda: reference_upload(container, sb)))
-        drop_caches()
-        down.agent_seconds.append(timed(lambda: restore(agent, timeout=3600)))
-        drop_caches()
-        down.ref_seconds.append(timed(lambda: reference_download(container, work / "download")))
+        return measure_round(sb, work, flags, up, down, references=references, env=env)
     finally:
-        agent.stop()
         container.delete_container()
-    return note
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--size-gb", type=float, default=0.5)
-    p.add_argument("--rounds", type=int, default=3)
-    args = p.parse_args(argv)
     if not azuriteserver.installed():
         print(azuriteserver.MISSING, file=sys.stderr)
         return 2
-    (Path.cwd() / "var").mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-azblob-", dir=Path.cwd() / "var"))
-    server = AzuriteServer(work / "azurite")
-    sb = dataset(work, args.size_gb)
-    try:
-        mb = datadir_megabytes(sb)
-        sdk = f"azure-storage-blob, max_concurrency={CONCURRENCY}"
-        up = BenchResult("azblob_upload", megabytes=mb, reference=f"upload_blob of each file ({sdk})")
-        down = BenchResult("azblob_download", megabytes=mb, reference=f"download_blob of each blob ({sdk})")
-        note = ""
-        for _ in range(args.rounds):
-            note = one_round(server, sb, work, up, down)
-        report(
-            [up, down],
-            [note, f"data set {mb:.0f} MB of InnoDB files, compression off on both sides, {args.rounds} rounds, medians",
-             "the agent's figures are whole RPCs (backup: mysqld stopped and restarted; restore: datadir replaced, "
-             "mysqld restarted); the reference only copies files"],
-            f"python -m bench.azblob --size-gb {args.size_gb} --rounds {args.rounds}",
-        )  # fmt: skip
-    finally:
-        sb.destroy()
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    sdk = f"azure-storage-blob, max_concurrency={CONCURRENCY}"
+    references = (f"upload_blob of each file ({sdk})", f"download_blob of each blob ({sdk})")
+    return run("azblob", argv, lambda work: AzuriteServer(work / "azurite"), one_round, references=references)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,17 @@ bytes (compression off on both sides), same emulator, alternating rounds.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
-from bench.common import BenchResult, datadir_megabytes, dataset, drop_caches, report, timed
-from tests.agent_process import AgentProcess
+from bench._object_storage import measure_round, run
+from bench.common import BenchResult
 from tests.gcsserver import GcsServer
-from tests.integration.helpers import backup, restore
 from tests.sandbox import Sandbox
 
 PARALLEL = 4
@@ -87,56 +85,19 @@ def one_round(server: GcsServer, sb: Sandbox, work: Path, up: BenchResult, down:
         "--backup_storage_implementation", "gcs", "--gcs_backup_storage_bucket", bucket,
         "--gcs_backup_storage_endpoint", server.endpoint, "--compression-engine-name", "none",
     ]  # fmt: skip
-    agent = AgentProcess(sb.cnf, work / "unused", work / "agent", extra=flags)
-    agent.start(timeout=60)
-    try:
-        note = drop_caches()
-        up.agent_seconds.append(timed(lambda: backup(agent, timeout=3600, allow_primary=True)))
-        drop_caches()
-        up.ref_seconds.append(timed(lambda: reference_upload(server, bucket, sb)))
-        drop_caches()
-        down.agent_seconds.append(timed(lambda: restore(agent, timeout=3600)))
-        drop_caches()
-        down.ref_seconds.append(timed(lambda: reference_download(server, bucket, work / "download")))
-    finally:
-        agent.stop()
-    return note
+    references = (partial(reference_upload, server, bucket), partial(reference_download, server, bucket))
+    return measure_round(sb, work, flags, up, down, references=references)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--size-gb", type=float, default=0.5)
-    p.add_argument("--rounds", type=int, default=3)
-    args = p.parse_args(argv)
-    (Path.cwd() / "var").mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-gcs-", dir=Path.cwd() / "var"))
-    server = GcsServer(work)
-    sb = dataset(work, args.size_gb)
-    try:
-        mb = datadir_megabytes(sb)
-        sdk = f"gcloud-aio-storage, {PARALLEL} files at a time"
-        up = BenchResult("gcs_upload", megabytes=mb, reference=f"{sdk}: upload_from_filename of each file")
-        down = BenchResult(
-            "gcs_download", megabytes=mb, reference=f"{sdk}: download_to_filename of each object"
-        )
-        note = ""
-        for _ in range(args.rounds):
-            note = one_round(server, sb, work, up, down)
-        report(
-            [up, down],
-            [note, f"data set {mb:.0f} MB of InnoDB files, compression off on both sides, {args.rounds} rounds, medians",
-             "gcp-storage-emulator serves one request at a time and rewrites a resumable upload at every chunk, so "
-             "both sides are bounded by it; the SDK sends each file as one request (whole file in memory), the "
-             "agent streams 16 MiB chunks",
-             "the agent's figures are whole RPCs (backup: mysqld stopped and restarted; restore: datadir replaced, "
-             "mysqld restarted); the reference only copies files"],
-            f"python -m bench.gcs --size-gb {args.size_gb} --rounds {args.rounds}",
-        )  # fmt: skip
-    finally:
-        sb.destroy()
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    sdk = f"gcloud-aio-storage, {PARALLEL} files at a time"
+    references = (f"{sdk}: upload_from_filename of each file", f"{sdk}: download_to_filename of each object")
+    notes = [
+        "gcp-storage-emulator serves one request at a time and rewrites a resumable upload at every chunk, so "
+        "both sides are bounded by it; the SDK sends each file as one request (whole file in memory), the "
+        "agent streams 16 MiB chunks"
+    ]
+    return run("gcs", argv, GcsServer, one_round, references=references, notes=notes)
 
 
 if __name__ == "__main__":

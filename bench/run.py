@@ -12,7 +12,7 @@ SKIP = {"__init__", "common", "run"}
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem not in SKIP)
+    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem not in SKIP and not p.stem.startswith("_"))
 
 
 def main(argv: list[str]) -> int:

@@ -7,17 +7,15 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
-import tempfile
 import uuid
+from functools import partial
 from pathlib import Path
 
-from bench.common import BenchResult, datadir_megabytes, dataset, drop_caches, report, timed
-from tests.agent_process import AgentProcess
-from tests.integration.helpers import backup, restore
+from bench._object_storage import measure_round, run
+from bench.common import BenchResult
 from tests.s3server import CREDENTIALS, S3Server
 from tests.sandbox import Sandbox
 
@@ -50,53 +48,17 @@ def one_round(server: S3Server, sb: Sandbox, work: Path, up: BenchResult, down: 
         "--s3_backup_aws_endpoint", server.endpoint, "--s3_backup_force_path_style",
         "--compression-engine-name", "none",
     ]  # fmt: skip
-    agent = AgentProcess(sb.cnf, work / "unused", work / "agent", extra=flags, env=dict(os.environ))
-    agent.start(timeout=60)
-    try:
-        note = drop_caches()
-        up.agent_seconds.append(timed(lambda: backup(agent, timeout=3600, allow_primary=True)))
-        drop_caches()
-        up.ref_seconds.append(timed(lambda: reference_upload(server, bucket, sb)))
-        drop_caches()
-        down.agent_seconds.append(timed(lambda: restore(agent, timeout=3600)))
-        drop_caches()
-        down.ref_seconds.append(timed(lambda: reference_download(server, bucket, work / "download")))
-    finally:
-        agent.stop()
-    return note
+    references = (partial(reference_upload, server, bucket), partial(reference_download, server, bucket))
+    return measure_round(sb, work, flags, up, down, references=references, env=dict(os.environ))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--size-gb", type=float, default=0.5)
-    p.add_argument("--rounds", type=int, default=3)
-    args = p.parse_args(argv)
-    (Path.cwd() / "var").mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=Path.cwd() / "var"))
     os.environ.update(CREDENTIALS)
-    server = S3Server(work / "moto.log")
-    sb = dataset(work, args.size_gb)
-    try:
-        mb = datadir_megabytes(sb)
-        up = BenchResult(
-            "s3_upload", megabytes=mb, reference="boto3 upload_file of each file (multipart, 10 threads)"
-        )
-        down = BenchResult("s3_download", megabytes=mb, reference="boto3 download_file of each object")
-        note = ""
-        for _ in range(args.rounds):
-            note = one_round(server, sb, work, up, down)
-        report(
-            [up, down],
-            [note, f"data set {mb:.0f} MB of InnoDB files, compression off on both sides, {args.rounds} rounds, medians",
-             "the agent's figures are whole RPCs (backup: mysqld stopped and restarted; restore: datadir replaced, "
-             "mysqld restarted); the reference only copies files"],
-            f"python -m bench.s3 --size-gb {args.size_gb} --rounds {args.rounds}",
-        )  # fmt: skip
-    finally:
-        sb.destroy()
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    references = (
+        "boto3 upload_file of each file (multipart, 10 threads)",
+        "boto3 download_file of each object",
+    )
+    return run("s3", argv, lambda work: S3Server(work / "moto.log"), one_round, references=references)
 
 
 if __name__ == "__main__":

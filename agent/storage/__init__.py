@@ -29,8 +29,7 @@ def _file_storage(config: AgentConfig) -> BackupStorage:
 
 def _s3_storage(config: AgentConfig) -> BackupStorage:
     # Imported here: the AWS SDK costs ~20 MB of memory that agents on other storage need not pay.
-    from agent.storage.s3 import S3BackupStorage, S3Settings
-    from agent.storage.s3_parts import ATTEMPTS
+    from agent.storage.s3 import ATTEMPTS, S3BackupStorage, S3Settings
 
     if not config.s3_backup_storage_bucket:
         raise ConfigError("--s3_backup_storage_bucket is required with --backup_storage_implementation=s3")

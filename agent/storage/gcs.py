@@ -25,16 +25,7 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 
-from agent.errors import AgentError, FailedPrecondition, NotFound, StorageError
-from agent.storage.base import (
-    BackupHandle,
-    BackupWriter,
-    HandleState,
-    validate_backup_name,
-    validate_directory,
-    validate_object_name,
-    validate_record_name,
-)
+from agent.errors import AgentError, NotFound, StorageError
 from agent.storage.gcs_client import (
     CONNECTION_ERRORS,
     ChunkOutcome,
@@ -44,114 +35,44 @@ from agent.storage.gcs_client import (
     describe_error,
 )
 from agent.storage.gcs_parts import ATTEMPTS, backoff, chunk_size
+from agent.storage.objects import ObjectStorage, PartWriter
 
 __all__ = ["GcsBackupStorage", "GcsSettings"]
 READ_CHUNK = 1 << 20
 
 
-class GcsBackupStorage:
+class GcsBackupStorage(ObjectStorage):
     def __init__(self, settings: GcsSettings) -> None:
         chunk_size(-1, settings.chunk_size)  # fail early on a bad chunk size
+        super().__init__(settings.root)
         self.settings = settings
         self.client = GcsClient(settings)
-        self._root = settings.root.strip("/")
 
     def describe(self) -> str:
         return self.client.describe()
 
-    def key(self, *parts: str) -> str:
-        return "/".join(p for p in (self._root, *parts) if p)
-
     async def close(self) -> None:
         await self.client.close()
 
-    async def list_backups(self, directory: str) -> list[BackupHandle]:
-        validate_directory(directory)
-        base = self.key(directory) + "/"
-        _, prefixes = await self.client.list_names(base, "/")
-        names = []
-        for p in prefixes:
-            with contextlib.suppress(AgentError):
-                names.append(validate_backup_name(p[len(base) :].rstrip("/")))
-        return [_GcsHandle(self, directory, n, read_only=True) for n in sorted(names)]
+    async def list_names(
+        self, prefix: str, delimiter: str = "", limit: int = 0
+    ) -> tuple[list[str], list[str]]:
+        return await self.client.list_names(prefix, delimiter, limit)
 
-    async def list_directories(self) -> list[str]:
-        base = self.key() + "/" if self._root else ""
-        _, keyspaces = await self.client.list_names(base, "/")
-        found = []
-        for ks in keyspaces:
-            _, shards = await self.client.list_names(ks, "/")
-            found += [s[len(base) :].rstrip("/") for s in shards]
-        return sorted(found)
-
-    async def exists(self, directory: str, name: str) -> bool:
-        names, _ = await self.client.list_names(self.key(directory, name) + "/", max_results=1)
-        return bool(names)
-
-    async def start_backup(self, directory: str, name: str) -> BackupHandle:
-        validate_directory(directory)
-        validate_backup_name(name)
-        if await self.exists(directory, name):
-            raise FailedPrecondition(
-                f"backup {directory}/{name} already exists in {self.describe()}: backup names are never reused"
-            )
-        return _GcsHandle(self, directory, name, read_only=False)
-
-    async def remove_backup(self, directory: str, name: str) -> None:
-        validate_directory(directory)
-        validate_backup_name(name)
-        names, _ = await self.client.list_names(self.key(directory, name) + "/")
-        if not names:
-            raise NotFound(f"backup {directory}/{name} not found in {self.describe()}")
+    async def delete(self, names: list[str]) -> None:
         await self.client.delete(names)
 
+    def writer(self, name: str, size_hint: int) -> _GcsWriter:
+        return _GcsWriter(self.client, name, size_hint)
 
-class _GcsHandle(HandleState):
-    def __init__(self, storage: GcsBackupStorage, directory: str, name: str, *, read_only: bool) -> None:
-        super().__init__(directory, name, read_only=read_only)
-        self._storage = storage
-        self._writers: dict[str, _GcsWriter] = {}
+    def read(self, name: str, what: str) -> AsyncIterator[bytes]:
+        return _read(self.client, name, what)
 
-    def _key(self, filename: str) -> str:
-        return self._storage.key(self._directory, self._name, validate_object_name(filename))
+    async def size(self, name: str) -> int | None:
+        return await self.client.size(name)
 
-    async def add_file(self, filename: str, size_hint: int = -1) -> BackupWriter:
-        self._require_writable("add a file to")
-        key = self._key(filename)
-        if filename in self._writers:
-            raise FailedPrecondition(f"{filename} was already added to backup {self._directory}/{self._name}")
-        writer = _GcsWriter(self._storage.client, key, size_hint)
-        self._writers[filename] = writer
-        return writer
-
-    def read_file(self, filename: str) -> AsyncIterator[bytes]:
-        what = f"{filename} in backup {self._directory}/{self._name}"
-        return _read(self._storage.client, self._key(filename), what)
-
-    async def file_size(self, filename: str) -> int | None:
-        return await self._storage.client.size(self._key(filename))
-
-    async def put_record(self, filename: str, data: bytes) -> None:
-        validate_record_name(filename, data)
-        if not await self._storage.exists(self._directory, self._name):
-            raise NotFound(f"backup {self._directory}/{self._name} not found in {self._storage.describe()}")
-        await self._storage.client.put_small(self._storage.key(self._directory, self._name, filename), data)
-
-    async def end(self) -> None:
-        self._require_writable("end")
-        unfinished = [n for n, w in self._writers.items() if not (w.closed or w.aborted)]
-        if unfinished:
-            raise FailedPrecondition(f"cannot end backup {self._name}: {', '.join(unfinished)} not closed")
-        self._state = "ended"
-
-    async def abort(self) -> None:
-        self._require_writable("abort")
-        self._state = "aborted"
-        for w in self._writers.values():
-            await w.abort()
-        names, _ = await self._storage.client.list_names(self._storage.key(self._directory, self._name) + "/")
-        if names:
-            await self._storage.client.delete(names)
+    async def put(self, name: str, data: bytes) -> None:
+        await self.client.put_small(name, data)
 
 
 async def _read(client: GcsClient, name: str, what: str) -> AsyncIterator[bytes]:
@@ -184,40 +105,24 @@ async def _read(client: GcsClient, name: str, what: str) -> AsyncIterator[bytes]
             resp.release()
 
 
-class _GcsWriter:
+class _GcsWriter(PartWriter):
     """Cuts fixed-size chunks from the stream; one chunk uploads in a background task while the next
     fills. The last chunk (and a whole object smaller than a chunk) is sent by `close`."""
 
+    _hold_last = True  # the last chunk is never empty
+
     def __init__(self, client: GcsClient, name: str, size_hint: int) -> None:
+        super().__init__(name)  # `_error`: a lost chunk, the object can only be aborted
         self._client = client
-        self._name = name
         self._chunk = chunk_size(size_hint, client.settings.chunk_size)
-        self._buf = bytearray()
         self._session: str | None = None
         self._held = 0  # bytes the server acknowledged
         self._task: asyncio.Task[None] | None = None
-        self._error: BaseException | None = None  # a lost chunk: the object can only be aborted
-        self.closed = False
-        self.aborted = False
 
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self.closed or self.aborted:
-            raise FailedPrecondition(
-                f"cannot write {self._name}: the writer is {'closed' if self.closed else 'aborted'}"
-            )
+    def _part_size(self) -> int:
+        return self._chunk
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._check()
-        self._buf += data
-        while len(self._buf) > self._chunk:  # strictly more: close() always has bytes for the last chunk
-            with memoryview(self._buf) as view:
-                chunk = bytes(view[: self._chunk])
-            del self._buf[: self._chunk]
-            await self._send_in_background(chunk)
-
-    async def _send_in_background(self, chunk: bytes) -> None:
+    async def _submit(self, chunk: bytes) -> None:
         await self._wait()
         if self._session is None:
             self._session = await self._client.start_upload(self._name)
@@ -279,28 +184,17 @@ class _GcsWriter:
             )
         return total is None and outcome.persisted == end
 
-    async def close(self) -> None:
-        self._check()
-        try:
-            if self._session is None and self._buf:
-                await self._client.put_small(self._name, bytes(self._buf))
-            else:  # an empty object too: gcp-storage-emulator fails on an empty simple upload
-                await self._wait()
-                if self._session is None:
-                    self._session = await self._client.start_upload(self._name)
-                last = bytes(self._buf)
-                await self._send(last, self._held + len(last))
-        except BaseException:
-            await self.abort()
-            raise
-        self.closed = True
-        self._buf = bytearray()
-
-    async def abort(self) -> None:
-        if self.closed or self.aborted:
+    async def _finish(self, last: bytes) -> None:
+        if self._session is None and last:
+            await self._client.put_small(self._name, last)
             return
-        self.aborted = True
-        self._buf = bytearray()
+        # an empty object too goes through a session: gcp-storage-emulator fails on an empty simple upload
+        await self._wait()
+        if self._session is None:
+            self._session = await self._client.start_upload(self._name)
+        await self._send(last, self._held + len(last))
+
+    async def _discard(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

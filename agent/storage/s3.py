@@ -22,25 +22,24 @@ import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from agent.errors import AgentError, FailedPrecondition, NotFound, StorageError, StorageUnreachable
-from agent.storage.base import (
-    BackupHandle,
-    BackupWriter,
-    HandleState,
-    validate_backup_name,
-    validate_directory,
-    validate_object_name,
-    validate_record_name,
-)
-from agent.storage.s3_parts import (
-    ATTEMPTS,
-    MAX_PARTS,
-    backoff,
-    is_retryable,
-    part_size,
-    part_size_for,
-)
+from agent.errors import AgentError, NotFound, StorageError, StorageUnreachable
+from agent.storage.objects import ConcurrentParts, ObjectStorage, PartRules
 
+MIB = 1 << 20
+MIN_PART = 5 * MIB
+DEFAULT_PART = 16 * MIB
+# S3 limits: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000 parts per object, objects
+# up to 5 TiB. With a size hint, one part size is chosen so the object fits in 9,000 parts (room for the
+# hint to be low by 10%). Without one, parts start at the minimum and double every 1,000 parts, which
+# still reaches 5 TiB within 10,000 parts while small streams use little memory.
+PARTS = PartRules("parts", max_part=5 << 30, max_parts=10_000, target_parts=9_000, doubling_every=1_000)
+RETRYABLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
+     "ServiceUnavailable", "503", "500", "502", "504"}
+)  # fmt: skip
+ATTEMPTS = 5
+BACKOFF_BASE = 0.2
+BACKOFF_MAX = 5.0
 IN_FLIGHT = 4
 READ_CHUNK = 1 << 20
 DELETE_BATCH = 1000
@@ -68,6 +67,21 @@ class S3Settings:
     verify_tls: bool = True  # False: --s3_backup_tls_skip_verify_cert
 
 
+def part_size(size_hint: int, min_part: int = MIN_PART) -> int:
+    """The part size for an object of `size_hint` bytes (-1: unknown, then the first part's size)."""
+    floor = max(MIN_PART, min_part)
+    return PARTS.first(size_hint, floor, max(floor, DEFAULT_PART))
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry `attempt` (1-based)."""
+    return float(min(BACKOFF_MAX, BACKOFF_BASE * (2 ** (attempt - 1))))
+
+
+def is_retryable(status: int | None, code: str) -> bool:
+    return (status is not None and status >= 500) or status == 429 or code in RETRYABLE_CODES
+
+
 def _status(e: botocore.exceptions.ClientError) -> tuple[int | None, str]:
     meta = e.response.get("ResponseMetadata", {})
     status = meta.get("HTTPStatusCode")
@@ -82,10 +96,10 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-class S3BackupStorage:
+class S3BackupStorage(ObjectStorage):
     def __init__(self, settings: S3Settings) -> None:
+        super().__init__(settings.root)
         self.settings = settings
-        self._root = settings.root.strip("/")
         self._client: Any = None
         self._client_cm: Any = None
         self._lock = asyncio.Lock()
@@ -96,9 +110,6 @@ class S3BackupStorage:
     def encryption_args(self) -> dict[str, str]:
         sse = self.settings.server_side_encryption
         return {"ServerSideEncryption": sse} if sse else {}
-
-    def key(self, *parts: str) -> str:
-        return "/".join(p for p in (self._root, *parts) if p)
 
     async def client(self) -> Any:
         async with self._lock:
@@ -153,8 +164,9 @@ class S3BackupStorage:
             await asyncio.sleep(backoff(attempt))
         raise AssertionError("unreachable")
 
-    async def _keys(self, prefix: str, delimiter: str = "") -> tuple[list[str], list[str]]:
-        """(object keys, common prefixes) under `prefix`."""
+    async def list_names(
+        self, prefix: str, delimiter: str = "", limit: int = 0
+    ) -> tuple[list[str], list[str]]:
         keys: list[str] = []
         prefixes: list[str] = []
         token: str | None = None
@@ -162,59 +174,21 @@ class S3BackupStorage:
             args: dict[str, Any] = {"Bucket": self.settings.bucket, "Prefix": prefix}
             if delimiter:
                 args["Delimiter"] = delimiter
+            if limit:
+                args["MaxKeys"] = limit
             if token:
                 args["ContinuationToken"] = token
             page = await self.call(f"listing {prefix}", "list_objects_v2", **args)
             keys += [o["Key"] for o in page.get("Contents", [])]
             prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-            if not page.get("IsTruncated"):
+            if not page.get("IsTruncated") or limit:
                 return keys, prefixes
             token = page.get("NextContinuationToken")
 
-    async def list_backups(self, directory: str) -> list[BackupHandle]:
-        validate_directory(directory)
-        base = self.key(directory) + "/"
-        _, prefixes = await self._keys(base, "/")
-        names = []
-        for p in prefixes:
-            name = p[len(base) :].rstrip("/")
-            with contextlib.suppress(AgentError):
-                names.append(validate_backup_name(name))
-        return [_S3Handle(self, directory, n, read_only=True) for n in sorted(names)]
-
-    async def list_directories(self) -> list[str]:
-        base = self.key() + "/" if self._root else ""
-        _, keyspaces = await self._keys(base, "/")
-        found = []
-        for ks in keyspaces:
-            _, shards = await self._keys(ks, "/")
-            found += [s[len(base) :].rstrip("/") for s in shards]
-        return sorted(found)
-
-    async def start_backup(self, directory: str, name: str) -> BackupHandle:
-        validate_directory(directory)
-        validate_backup_name(name)
+    async def exists(self, directory: str, name: str, why: str = "checking the backup exists") -> bool:
         prefix = self.key(directory, name) + "/"
-        page = await self.call(
-            "checking the backup name",
-            "list_objects_v2",
-            Bucket=self.settings.bucket,
-            Prefix=prefix,
-            MaxKeys=1,
-        )
-        if page.get("KeyCount", 0):
-            raise FailedPrecondition(
-                f"backup {directory}/{name} already exists in {self.describe()}: backup names are never reused"
-            )
-        return _S3Handle(self, directory, name, read_only=False)
-
-    async def remove_backup(self, directory: str, name: str) -> None:
-        validate_directory(directory)
-        validate_backup_name(name)
-        keys, _ = await self._keys(self.key(directory, name) + "/")
-        if not keys:
-            raise NotFound(f"backup {directory}/{name} not found in {self.describe()}")
-        await self.delete(keys)
+        page = await self.call(why, "list_objects_v2", Bucket=self.settings.bucket, Prefix=prefix, MaxKeys=1)
+        return bool(page.get("KeyCount", 0))
 
     async def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), DELETE_BATCH):
@@ -228,80 +202,26 @@ class S3BackupStorage:
                     f"cannot delete {first.get('Key')} in {self.describe()}: {first.get('Message')}"
                 )
 
+    def writer(self, name: str, size_hint: int) -> _S3Writer:
+        return _S3Writer(self, name, size_hint)
 
-class _S3Handle(HandleState):
-    def __init__(self, storage: S3BackupStorage, directory: str, name: str, *, read_only: bool) -> None:
-        super().__init__(directory, name, read_only=read_only)
-        self._storage = storage
-        self._writers: dict[str, _S3Writer] = {}
+    def read(self, name: str, what: str) -> AsyncIterator[bytes]:
+        return _read(self, name, what)
 
-    def _key(self, filename: str) -> str:
-        return self._storage.key(self._directory, self._name, validate_object_name(filename))
-
-    async def add_file(self, filename: str, size_hint: int = -1) -> BackupWriter:
-        self._require_writable("add a file to")
-        key = self._key(filename)
-        if filename in self._writers:
-            raise FailedPrecondition(f"{filename} was already added to backup {self._directory}/{self._name}")
-        writer = _S3Writer(self._storage, key, size_hint)
-        self._writers[filename] = writer
-        return writer
-
-    def read_file(self, filename: str) -> AsyncIterator[bytes]:
-        return _read(
-            self._storage, self._key(filename), f"{filename} in backup {self._directory}/{self._name}"
-        )
-
-    async def file_size(self, filename: str) -> int | None:
-        key = self._key(filename)
+    async def size(self, name: str) -> int | None:
         try:
-            head = await self._storage.call(
-                f"reading the size of {key}",
-                "head_object",
-                Bucket=self._storage.settings.bucket,
-                Key=key,
+            head = await self.call(
+                f"reading the size of {name}", "head_object", Bucket=self.settings.bucket, Key=name
             )
         except botocore.exceptions.ClientError:
             return None
         return int(head["ContentLength"])
 
-    async def put_record(self, filename: str, data: bytes) -> None:
-        validate_record_name(filename, data)
-        key = self._storage.key(self._directory, self._name, filename)
-        prefix = self._storage.key(self._directory, self._name) + "/"
-        page = await self._storage.call(
-            "checking the backup exists",
-            "list_objects_v2",
-            Bucket=self._storage.settings.bucket,
-            Prefix=prefix,
-            MaxKeys=1,
-        )
-        if not page.get("KeyCount", 0):
-            raise NotFound(f"backup {self._directory}/{self._name} not found in {self._storage.describe()}")
-        await self._storage.call(
-            f"writing {key}",
-            "put_object",
-            Bucket=self._storage.settings.bucket,
-            Key=key,
-            Body=data,
-            **self._storage.encryption_args(),
-        )
-
-    async def end(self) -> None:
-        self._require_writable("end")
-        unfinished = [n for n, w in self._writers.items() if not (w.closed or w.aborted)]
-        if unfinished:
-            raise FailedPrecondition(f"cannot end backup {self._name}: {', '.join(unfinished)} not closed")
-        self._state = "ended"
-
-    async def abort(self) -> None:
-        self._require_writable("abort")
-        self._state = "aborted"
-        for w in self._writers.values():
-            await w.abort()
-        keys, _ = await self._storage._keys(self._storage.key(self._directory, self._name) + "/")
-        if keys:
-            await self._storage.delete(keys)
+    async def put(self, name: str, data: bytes) -> None:
+        await self.call(
+            f"writing {name}", "put_object", Bucket=self.settings.bucket, Key=name, Body=data,
+            **self.encryption_args(),
+        )  # fmt: skip
 
 
 async def _read(storage: S3BackupStorage, key: str, what: str) -> AsyncIterator[bytes]:
@@ -339,130 +259,60 @@ class _Upload:
     parts: dict[int, str] = field(default_factory=dict)  # part number -> ETag
 
 
-class _S3Writer:
-    """Buffers one part at a time; full parts upload in background tasks, IN_FLIGHT at most."""
+class _S3Writer(ConcurrentParts):
+    """A multipart upload, started with the first full part; a smaller object is one PutObject."""
 
     def __init__(self, storage: S3BackupStorage, key: str, size_hint: int) -> None:
+        first = part_size(size_hint, storage.settings.min_part_size)
+        super().__init__(key, PARTS, first, size_hint, IN_FLIGHT)
         self._storage = storage
-        self._key = key
-        self._hint = size_hint
-        self._first = part_size(size_hint, storage.settings.min_part_size)
-        self._buf = bytearray()
-        self._next_part = 1
         self._upload: _Upload | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(IN_FLIGHT)
-        self._error: BaseException | None = None
-        self.closed = False
-        self.aborted = False
 
-    def _extra(self) -> dict[str, str]:
-        return self._storage.encryption_args()
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._check()
-        self._buf += data
-        while len(self._buf) >= (size := part_size_for(self._next_part, self._first, self._hint)):
-            part = bytes(self._buf[:size])
-            del self._buf[:size]
-            await self._submit(part)
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self.closed or self.aborted:
-            raise FailedPrecondition(
-                f"cannot write {self._key}: the writer is {'closed' if self.closed else 'aborted'}"
-            )
-
-    async def _submit(self, data: bytes) -> None:
-        if self._next_part > MAX_PARTS:
-            raise StorageError(
-                f"{self._key} needs more than {MAX_PARTS} parts: the size hint was far too low"
-            )
+    async def _prepare(self) -> None:
         if self._upload is None:
-            extra = self._extra()
             created = await self._storage.call(
-                f"starting the upload of {self._key}",
+                f"starting the upload of {self._name}",
                 "create_multipart_upload",
                 Bucket=self._storage.settings.bucket,
-                Key=self._key,
-                **extra,
+                Key=self._name,
+                **self._storage.encryption_args(),
             )
             self._upload = _Upload(created["UploadId"])
-        number = self._next_part
-        self._next_part += 1
-        await self._slots.acquire()  # bounded memory: wait for a free slot before buffering more
-        self._check()
-        task = asyncio.create_task(self._upload_part(number, data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _upload_part(self, number: int, data: bytes) -> None:
+    async def _send(self, number: int, data: bytes) -> None:
         upload = self._upload
         assert upload is not None
-        try:
-            resp = await self._storage.call(
-                f"uploading part {number} of {self._key}",
-                "upload_part",
-                Bucket=self._storage.settings.bucket,
-                Key=self._key,
-                UploadId=upload.upload_id,
-                PartNumber=number,
-                Body=data,
-            )
-            upload.parts[number] = resp["ETag"]
-        except BaseException as e:
-            if self._error is None:
-                self._error = e
-        finally:
-            self._slots.release()
+        resp = await self._storage.call(
+            f"uploading part {number} of {self._name}",
+            "upload_part",
+            Bucket=self._storage.settings.bucket,
+            Key=self._name,
+            UploadId=upload.upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        upload.parts[number] = resp["ETag"]
 
-    async def close(self) -> None:
-        self._check()
-        try:
-            if self._upload is None:
-                body, extra = bytes(self._buf), self._extra()
-                await self._storage.call(
-                    f"writing {self._key}",
-                    "put_object",
-                    Bucket=self._storage.settings.bucket,
-                    Key=self._key,
-                    Body=body,
-                    **extra,
-                )
-            else:
-                if self._buf or self._next_part == 1:
-                    await self._submit(bytes(self._buf))
-                self._buf = bytearray()
-                if self._tasks:
-                    await asyncio.wait(set(self._tasks))
-                self._check()
-                upload = self._upload
-                parts = [{"PartNumber": n, "ETag": upload.parts[n]} for n in sorted(upload.parts)]
-                await self._storage.call(
-                    f"completing the upload of {self._key}",
-                    "complete_multipart_upload",
-                    Bucket=self._storage.settings.bucket,
-                    Key=self._key,
-                    UploadId=upload.upload_id,
-                    MultipartUpload={"Parts": parts},
-                )
-        except BaseException:
-            await self.abort()
-            raise
-        self.closed = True
-        self._buf = bytearray()
-
-    async def abort(self) -> None:
-        if self.closed or self.aborted:
+    async def _finish(self, last: bytes) -> None:
+        if self._upload is None:
+            await self._storage.put(self._name, last)
             return
-        self.aborted = True
-        self._buf = bytearray()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        if last or not self._parts:
+            await self._submit(last)
+        await self._drain()
+        upload = self._upload
+        parts = [{"PartNumber": n, "ETag": upload.parts[n]} for n in sorted(upload.parts)]
+        await self._storage.call(
+            f"completing the upload of {self._name}",
+            "complete_multipart_upload",
+            Bucket=self._storage.settings.bucket,
+            Key=self._name,
+            UploadId=upload.upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+
+    async def _discard(self) -> None:
+        await super()._discard()
         upload = self._upload
         if upload is None:
             return
@@ -470,10 +320,10 @@ class _S3Writer:
         with contextlib.suppress(AgentError, botocore.exceptions.ClientError):
             await asyncio.shield(
                 self._storage.call(
-                    f"aborting the upload of {self._key}",
+                    f"aborting the upload of {self._name}",
                     "abort_multipart_upload",
                     Bucket=self._storage.settings.bucket,
-                    Key=self._key,
+                    Key=self._name,
                     UploadId=upload.upload_id,
                 )
             )

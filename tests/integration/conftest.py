@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.agent_process import AgentProcess
-from tests.sandbox import Sandbox
+from tests.integration.helpers import Tablets
+from tests.sandbox import Sandbox, SandboxFactory
 
 pytestmark = pytest.mark.integration
 
@@ -48,3 +49,11 @@ def agent_factory(tmp_path: Path, storage_root: Path) -> Iterator[AgentFactory]:
             agent.stop(timeout=60)
         except Exception:
             agent.kill()
+
+
+@pytest.fixture
+def tablets(
+    primary: Sandbox, replica: Sandbox, sandbox_factory: SandboxFactory, agent_factory: AgentFactory
+) -> Tablets:
+    """The primary, its replica and the factories, for the backup scenarios of tests/integration/helpers.py."""
+    return Tablets(primary, replica, sandbox_factory, agent_factory)

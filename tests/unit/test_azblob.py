@@ -16,6 +16,7 @@ from agent.config import build_config
 from agent.errors import ConfigError, FailedPrecondition
 from agent.storage import storage_from_config
 from agent.storage.azblob import (
+    BLOCKS,
     DOUBLING_EVERY,
     KEY_ENV,
     MAX_BLOCK,
@@ -23,7 +24,6 @@ from agent.storage.azblob import (
     MIB,
     AzureBlobBackupStorage,
     block_size,
-    block_size_for,
     load_account,
 )
 from agent.storage.azblob_rest import Account, authorization, backoff, is_retryable, string_to_sign
@@ -38,13 +38,13 @@ def test_known_sizes_fit_in_the_block_limit_with_room(size: int) -> None:
     first = block_size(size, 16 * MIB)
     assert 16 * MIB <= first <= MAX_BLOCK and first % MIB == 0
     assert -(-size // first) <= 45_000
-    assert all(block_size_for(n, first, size) == first for n in (0, 20_000, MAX_BLOCKS - 1))
+    assert all(BLOCKS.size_of(n, first, size) == first for n in (0, 20_000, MAX_BLOCKS - 1))
 
 
 def test_unknown_sizes_start_at_the_buffer_size_and_grow_within_the_limits() -> None:
     first = block_size(-1, 16 * MIB)
     assert first == 16 * MIB
-    sizes = [block_size_for(n, first, -1) for n in range(0, MAX_BLOCKS, DOUBLING_EVERY)]
+    sizes = [BLOCKS.size_of(n, first, -1) for n in range(0, MAX_BLOCKS, DOUBLING_EVERY)]
     assert sizes[0] == first and sizes[1] == 2 * first and max(sizes) == MAX_BLOCK
     assert sum(s * DOUBLING_EVERY for s in sizes) > 50 * TIB
 
