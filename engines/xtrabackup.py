@@ -157,7 +157,9 @@ class XtrabackupEngine:
                 stdout=write_end,
                 env=child_env(os.environ),
                 on_stderr_line=line_logger(op, output, "xtrabackup"),
-                niceness=CODEC_NICENESS,  # like the compression threads: mysqld comes first
+                niceness=ctx.limits.niceness
+                if ctx.limits is not None
+                else CODEC_NICENESS,  # as its compressors
                 io_class=ctx.limits.io_class if ctx.limits is not None else "",
             ) as proc:
                 os.close(write_end)  # the child holds it now: its exit is our end of stream

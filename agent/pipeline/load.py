@@ -15,15 +15,17 @@ from agent.aio.localfiles import FileChunks, LocalFile
 from agent.aio.procs import PIPE, ProcessError, spawn
 from agent.aio.tasks import complete, in_thread, run_concurrently
 from agent.errors import CorruptData, DataLoss
-from agent.pipeline.compression import Buffer, Codec, Decompressor, ExternalCodec, InProcessCodec
+from agent.pipeline.compression import Buffer, Codec, Decompressor, ExternalCodec, InProcessCodec, ZstdCodec
 from agent.pipeline.digests import Digest, StoredFile, hash_mismatch
 from agent.pipeline.encryption import AuthenticationFailed, Opener
+from agent.pipeline.frame_decoding import FrameDecoding
 from agent.pipeline.ratelimit import IoLimits, TokenBucket
 from agent.pipeline.store import CHUNK_SIZE, LineCallback, aclose_quietly, stream_chunks
 from agent.pipeline.workers import Workers
 
 RESTORE_BATCH = 2 << 20  # restored files: decoded, hashed and written this much per thread step
 Sink = Path | Callable[[bytes], Awaitable[None]]
+FRAMES_PER_THREAD = 2  # zstd frames in flight per decoding thread (plus two), bounding a stream's memory
 
 
 class _End:
@@ -258,6 +260,9 @@ class DecodedStream:
             raise hash_mismatch(self._name, got, self._crc_expected)
 
     async def _run_in_process(self, codec: InProcessCodec) -> None:
+        if isinstance(codec, ZstdCodec):
+            await self._run_frames(codec)
+            return
         decoding = _Decoding(codec.new_decompressor(), self._chunk_size, self._opener, self._pace)
 
         async def emit(pieces: list[Buffer]) -> None:
@@ -265,6 +270,21 @@ class DecodedStream:
                 await self._emit(piece if isinstance(piece, bytes) else bytes(piece))
 
         await decoding.run(self._chunks, emit)
+        self._stored = decoding.stored
+        self._crc_hex = decoding.check(self._name, codec.name, self._crc_expected)
+
+    async def _run_frames(self, codec: ZstdCodec) -> None:
+        """zstd: frames decoded on all cores, in order; hashed in order beside them (`_emit`)."""
+
+        async def emit(piece: Buffer) -> None:
+            await self._emit(piece if isinstance(piece, bytes) else bytes(piece))
+
+        # At the agent's own priority, like the rest of a restore: --backup_niceness is for backups.
+        async with Workers(max(1, codec.threads), niceness=0) as workers:
+            decoding = FrameDecoding(
+                workers, FRAMES_PER_THREAD * workers.threads + 2, self._opener, self._pace, self._chunk_size
+            )
+            await decoding.run(self._chunks, emit)
         self._stored = decoding.stored
         self._crc_hex = decoding.check(self._name, codec.name, self._crc_expected)
 
