@@ -275,7 +275,7 @@ class AgentConfig(BaseModel):
         "idle, best-effort[:0-7], realtime[:0-7] or none",
     )
     backup_niceness: int = Field(
-        default=0,
+        default=10,
         ge=0,
         le=19,
         description="nice value of the xtrabackup engine's tools and compression threads (0: the agent's own)",

@@ -15,6 +15,8 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from agent.pipeline.workers import CODEC_NICENESS
+
 BURST = 0.05  # seconds of tokens a bucket keeps while idle
 
 
@@ -87,13 +89,15 @@ class IoLimits:
     requested_disk: float | None = None
     requested_storage: float | None = None
     io_class: str = ""
-    niceness: int = 0  # CPU priority of the children and codec threads that ask for it (--backup_niceness)
+    niceness: int = CODEC_NICENESS  # of the xtrabackup engine's tool and codec threads (--backup_niceness)
 
 
 class RateLimits:
     """The configured ceilings, and the buckets of the operations running under them."""
 
-    def __init__(self, disk: float = 0, storage: float = 0, io_class: str = "", niceness: int = 0) -> None:
+    def __init__(
+        self, disk: float = 0, storage: float = 0, io_class: str = "", niceness: int = CODEC_NICENESS
+    ) -> None:
         self.disk = float(disk)
         self.storage = float(storage)
         self.io_class = io_class

@@ -25,9 +25,10 @@ class Workers:
     """CPU threads and memory shared by the streams of one operation.
 
     Frames of framed codecs are compressed by `threads` threads (at `niceness`); at most
-    `SLOTS_PER_THREAD * threads + 2` frames are in flight (read, not yet stored) across all streams, so
-    memory does not grow with their number. Buffers are pooled: reading or decoding into fresh memory costs a page fault per
-    4 KiB, and buffers allocated by many threads spread over as many malloc arenas.
+    `SLOTS_PER_THREAD * threads + 2` frames are in flight (read, not yet stored) across all streams,
+    so memory does not grow with their number. Buffers are pooled: reading or decoding into fresh
+    memory costs a page fault per 4 KiB, and buffers allocated by many threads spread over as many
+    malloc arenas.
     Use it as `async with Workers() as w:` and pass it to `store`/`store_striped`/`restore`.
     """
 
