@@ -79,7 +79,9 @@ async def restore_backup(ctx: RestoreContext, config: AgentConfig) -> None:
             await _run_tool(op, prepare_argv(tools.xtrabackup, ctx.mycnf.path, work, prepare_flags), io_class)
         finally:
             await complete(asyncio.wait([early_sync]))
-        early_sync.result()
+            sync_error = None if early_sync.cancelled() else early_sync.exception()
+        if sync_error is not None:
+            raise sync_error
         op.set_phase("moving the files into place")
         await in_thread(write_move_back_options, options, ctx.mycnf.path, ctx.targets)
         await _run_tool(op, move_back_argv(tools.xtrabackup, options, work), io_class)
