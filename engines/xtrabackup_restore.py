@@ -31,8 +31,9 @@ from agent.mysql.gtid import parse_position
 from agent.operations import Operation
 from agent.pipeline.compression import Codec
 from agent.pipeline.encryption import opener_for
-from agent.pipeline.load import DecodedStream, unstripe
+from agent.pipeline.load import FRAMES_PER_THREAD, DecodedStream, unstripe
 from agent.pipeline.progress import FileProgress
+from agent.pipeline.workers import Workers
 from engines.base import RestoreContext, RestoreTargets, stored_path
 from engines.xtrabackup_layout import Layout, layout_of, object_records
 from engines.xtrabackup_tool import (
@@ -119,6 +120,10 @@ async def _extract(
     total = sum((r.size if (r := records[n]) else s) or 0 for n, s in zip(names, sizes, strict=True))
     op.add_total(total)
     progress = FileProgress(op, "restoring", layout.file_name, total)
+    # Stripes share the decoding threads and one window of frames in flight, so memory does not grow
+    # with their number beyond a frame or so each.
+    shared = Workers(niceness=0)
+    window = max(1, (FRAMES_PER_THREAD * shared.threads + 2) // len(names))
     streams = [
         DecodedStream(
             handle.read_file(n),
@@ -128,6 +133,8 @@ async def _extract(
             name=stored_path(handle, n),
             opener=opener_for(ctx.cipher, n, stored_path(handle, n)),
             limits=ctx.limits,
+            workers=shared,
+            window=window,
         )
         for n in names
     ]
@@ -162,6 +169,7 @@ async def _extract(
                 os.close(fd)
         for stream in streams:
             await stream.aclose()
+        shared.close()
 
 
 async def _feed(

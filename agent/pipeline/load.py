@@ -168,7 +168,8 @@ class _Decoding:
 
 class DecodedStream:
     """The original bytes of one stored object: decrypted (with an `opener`), decompressed and verified in
-    a background task.
+    a background task. zstd frames are decoded by `workers` (shared by the streams of one restore, else
+    threads of its own), up to `window` frames in flight (default: a few per thread).
 
     Iterate it to the end: the CRC-32 of the stored bytes, the completeness of the compressed
     stream and the sha256 of the output are checked when it ends, raising DataLoss
@@ -188,9 +189,13 @@ class DecodedStream:
         on_stderr_line: LineCallback | None = None,
         opener: Opener | None = None,
         limits: IoLimits | None = None,
+        workers: Workers | None = None,
+        window: int = 0,
     ) -> None:
         self._chunks = chunks
         self._codec = codec
+        self._workers = workers
+        self._window = window
         self._opener = opener
         self._pace = limits.storage if limits is not None else None
         self._io_class = limits.io_class if limits is not None else ""
@@ -279,12 +284,18 @@ class DecodedStream:
         async def emit(piece: Buffer) -> None:
             await self._emit(piece if isinstance(piece, bytes) else bytes(piece))
 
-        # At the agent's own priority, like the rest of a restore: --backup_niceness is for backups.
-        async with Workers(max(1, codec.threads), niceness=0) as workers:
-            decoding = FrameDecoding(
-                workers, FRAMES_PER_THREAD * workers.threads + 2, self._opener, self._pace, self._chunk_size
-            )
+        async def run(workers: Workers) -> FrameDecoding:
+            window = self._window or FRAMES_PER_THREAD * workers.threads + 2
+            decoding = FrameDecoding(workers, window, self._opener, self._pace, self._chunk_size)
             await decoding.run(self._chunks, emit)
+            return decoding
+
+        if self._workers is not None:
+            decoding = await run(self._workers)
+        else:
+            # At the agent's own priority, like the rest of a restore: --backup_niceness is for backups.
+            async with Workers(max(1, codec.threads), niceness=0) as own:
+                decoding = await run(own)
         self._stored = decoding.stored
         self._crc_hex = decoding.check(self._name, codec.name, self._crc_expected)
 

@@ -25,8 +25,8 @@ from agent.errors import DataLoss
 from agent.pipeline.compression import Buffer, ZstdCodec
 from agent.pipeline.digests import StoredFile
 from agent.pipeline.frame_decoding import FrameDecoding, FrameSplitter, StreamedPart, WholeFrame
-from agent.pipeline.load import DecodedStream
-from agent.pipeline.store import store
+from agent.pipeline.load import DecodedStream, unstripe
+from agent.pipeline.store import store, store_striped
 from agent.pipeline.workers import Workers
 
 A = TypeVar("A")
@@ -47,6 +47,22 @@ def _compressed(data: bytes, frame: int = FRAME) -> bytes:
 async def _pieces(data: bytes, step: int) -> AsyncIterator[bytes]:
     for i in range(0, len(data), step):
         yield data[i : i + step]
+
+
+class Memory:
+    """A backup writer into memory."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, chunk: Buffer) -> None:
+        self.data += chunk
+
+    async def close(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        pass
 
 
 class ShuffledWorkers(Workers):
@@ -203,19 +219,6 @@ async def test_a_pipe_is_hashed_apart_from_its_reader() -> None:
     writer_thread = threading.Thread(target=lambda: (write_all(w, data), os.close(w)))
     writer_thread.start()
 
-    class Memory:
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        async def write(self, chunk: Buffer) -> None:
-            self.data += chunk
-
-        async def close(self) -> None:
-            pass
-
-        async def abort(self) -> None:
-            pass
-
     out = Memory()
     try:
         result = await store(source, out, ZstdCodec(threads=2))  # type: ignore[arg-type]
@@ -224,3 +227,27 @@ async def test_a_pipe_is_hashed_apart_from_its_reader() -> None:
     assert result.sha256_hex == hashlib.sha256(data).hexdigest()
     assert result.size == len(data) and result.crc32_hex == f"{zlib.crc32(out.data):08x}"
     assert zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(out.data) == data
+
+
+async def test_stripes_share_the_threads_and_a_window_each() -> None:
+    data = _data(97)
+    codec = ZstdCodec(threads=2, frame_size=FRAME)
+    writers = [Memory(), Memory(), Memory()]
+    stored = await store_striped(_pieces(data, 10_000), writers, codec, block_size=1000)  # type: ignore[arg-type]
+    shared = ShuffledWorkers(2)
+    streams = [
+        DecodedStream(
+            _pieces(bytes(w.data), 3000),
+            codec,
+            expected_crc32_hex=s.crc32_hex,
+            expected_sha256_hex=s.sha256_hex,
+            name=f"b-00{i}",
+            workers=shared,
+            window=1,
+        )
+        for i, (w, s) in enumerate(zip(writers, stored, strict=True))
+    ]
+    async with shared:
+        out = b"".join([chunk async for chunk in unstripe(streams, 1000)])
+    assert out == data
+    assert shared.submitted >= len(data) // FRAME  # every frame went through the shared threads
