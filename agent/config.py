@@ -274,6 +274,12 @@ class AgentConfig(BaseModel):
         description="I/O scheduling class of child processes (xtrabackup, mbstream, external compressors): "
         "idle, best-effort[:0-7], realtime[:0-7] or none",
     )
+    backup_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="nice value of the xtrabackup engine's tools and compression threads (0: the agent's own)",
+    )
 
     # topology (optional): tablet records and shard locks in etcd
     topo_implementation: str = Field(

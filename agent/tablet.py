@@ -83,7 +83,12 @@ class Tablet:
             started_monotonic=time.monotonic(),
             summary=summary,
             mysqld_states=states,
-            limits=RateLimits(config.backup_max_rate, config.storage_max_rate, config.backup_io_class),
+            limits=RateLimits(
+                config.backup_max_rate,
+                config.storage_max_rate,
+                config.backup_io_class,
+                config.backup_niceness,
+            ),
         )
 
     @property

@@ -157,8 +157,13 @@ class XtrabackupEngine:
                 stdout=write_end,
                 env=child_env(os.environ),
                 on_stderr_line=line_logger(op, output, "xtrabackup"),
-                niceness=CODEC_NICENESS,  # like the compression threads: mysqld comes first
+                niceness=ctx.limits.niceness
+                if ctx.limits is not None
+                else CODEC_NICENESS,  # as its compressors
                 io_class=ctx.limits.io_class if ctx.limits is not None else "",
+                # In the agent's session, so its scheduling group (see `spawn`): under CPU contention the
+                # backup ran 26% faster so (medians of 4 alternating backups of 0.88 GB, load 11-12).
+                own_session=False,
             ) as proc:
                 os.close(write_end)  # the child holds it now: its exit is our end of stream
                 write_end = -1

@@ -3,7 +3,10 @@ emptied ones for an in-place restore).
 
 The stored objects are decompressed and verified (stripes reassembled in order) and piped into
 `xbstream -x` (parallel extraction) in the work directory, which is on the datadir's filesystem, so
-`--move-back` renames files instead of copying them; `--prepare` applies the redo log in between. The
+`--move-back` renames files instead of copying them; `--prepare` applies the redo log in between.
+The restored files are made durable before the restore returns: a syncfs of the work directory's
+filesystem runs while `--prepare` does (writing back what was extracted), and one of each target's
+filesystem after `--move-back` (what `--prepare` wrote, the renames, the owners). The
 extracted `xtrabackup_binlog_info` must agree with the MANIFEST's position, which the caller sets as
 the GTID state. `--move-back` reads the tablet's option file with the target directories put in place
 of the tablet's, and the files get the owner of the tablet's datadir (the mysqld user).
@@ -17,6 +20,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from agent.aio.localfiles import sync_filesystem
 from agent.aio.pipes import grow_pipe, stop_first_on_cancel, write_all
 from agent.aio.procs import ExecError, Process, ProcessError, format_argv, run, spawn
 from agent.aio.tasks import complete, in_thread
@@ -27,8 +31,9 @@ from agent.mysql.gtid import parse_position
 from agent.operations import Operation
 from agent.pipeline.compression import Codec
 from agent.pipeline.encryption import opener_for
-from agent.pipeline.load import DecodedStream, unstripe
+from agent.pipeline.load import FRAMES_PER_THREAD, DecodedStream, unstripe
 from agent.pipeline.progress import FileProgress
+from agent.pipeline.workers import Workers
 from engines.base import RestoreContext, RestoreTargets, stored_path
 from engines.xtrabackup_layout import Layout, layout_of, object_records
 from engines.xtrabackup_tool import (
@@ -69,7 +74,15 @@ async def restore_backup(ctx: RestoreContext, config: AgentConfig) -> None:
         await in_thread(check_binlog_info, work, manifest, op)
         op.set_phase("preparing the backup (applying the redo log)")
         io_class = ctx.limits.io_class if ctx.limits is not None else ""
-        await _run_tool(op, prepare_argv(tools.xtrabackup, ctx.mycnf.path, work, prepare_flags), io_class)
+        # The extracted files are written back while --prepare runs, so the final sync has little left.
+        early_sync = asyncio.ensure_future(in_thread(sync_filesystems, [work]))
+        try:
+            await _run_tool(op, prepare_argv(tools.xtrabackup, ctx.mycnf.path, work, prepare_flags), io_class)
+        finally:
+            await complete(asyncio.wait([early_sync]))
+            sync_error = None if early_sync.cancelled() else early_sync.exception()
+        if sync_error is not None:
+            raise sync_error
         op.set_phase("moving the files into place")
         await in_thread(write_move_back_options, options, ctx.mycnf.path, ctx.targets)
         await _run_tool(op, move_back_argv(tools.xtrabackup, options, work), io_class)
@@ -77,6 +90,8 @@ async def restore_backup(ctx: RestoreContext, config: AgentConfig) -> None:
         await complete(in_thread(shutil.rmtree, work, True))
         await complete(in_thread(options.unlink, True))
     await in_thread(fix_ownership, ctx.targets, ctx.mycnf.datadir)
+    op.set_phase("making the restored files durable")
+    await in_thread(sync_filesystems, target_dirs(ctx.targets))
 
 
 def write_move_back_options(path: Path, mycnf: Path, targets: RestoreTargets) -> None:
@@ -105,6 +120,10 @@ async def _extract(
     total = sum((r.size if (r := records[n]) else s) or 0 for n, s in zip(names, sizes, strict=True))
     op.add_total(total)
     progress = FileProgress(op, "restoring", layout.file_name, total)
+    # Stripes share the decoding threads and one window of frames in flight, so memory does not grow
+    # with their number beyond a frame or so each.
+    shared = Workers(niceness=0)
+    window = max(1, (FRAMES_PER_THREAD * shared.threads + 2) // len(names))
     streams = [
         DecodedStream(
             handle.read_file(n),
@@ -114,6 +133,8 @@ async def _extract(
             name=stored_path(handle, n),
             opener=opener_for(ctx.cipher, n, stored_path(handle, n)),
             limits=ctx.limits,
+            workers=shared,
+            window=window,
         )
         for n in names
     ]
@@ -148,6 +169,7 @@ async def _extract(
                 os.close(fd)
         for stream in streams:
             await stream.aclose()
+        shared.close()
 
 
 async def _feed(
@@ -208,6 +230,22 @@ def check_binlog_info(work: Path, manifest: Manifest, op: Operation) -> None:
             f"backup {manifest.backup_name}: its xtrabackup_binlog_info says position {got} but its MANIFEST "
             f"says {want}; refusing to restore a backup whose position is uncertain"
         )
+
+
+def target_dirs(targets: RestoreTargets) -> list[Path]:
+    dirs = [targets.datadir, targets.innodb_data_home_dir, targets.innodb_log_group_home_dir]
+    dirs.append(targets.innodb_undo_directory)
+    return [d for d in dirs if d != Path("/") and d.is_dir()]
+
+
+def sync_filesystems(paths: list[Path]) -> None:
+    """Everything written to the filesystems holding `paths` made durable, one syncfs per filesystem."""
+    seen: set[int] = set()
+    for path in paths:
+        device = path.stat().st_dev
+        if device not in seen:
+            seen.add(device)
+            sync_filesystem(path)
 
 
 def fix_ownership(targets: RestoreTargets, owner_of: Path) -> None:

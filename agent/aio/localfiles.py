@@ -4,6 +4,8 @@
   buffers (`read_into`), which saves a page fault per 4 KiB compared with fresh buffers.
 - `LocalFile` is a file being restored: written, fsync'd (or left to a batch `fsync_path`), removed
   on failure.
+- `sync_filesystem` makes whatever was written to a filesystem durable in one call (syncfs), for
+  files that other programs wrote (xbstream, xtrabackup).
 - Both keep only a window of the file in the page cache (`CacheWindow`): a backup or restore of
   any size neither evicts the host's page cache nor leaves gigabytes dirty for one final fsync.
 
@@ -13,6 +15,7 @@ The methods that do I/O block: call them in threads.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 from collections.abc import AsyncGenerator, Callable
@@ -69,6 +72,7 @@ class FileChunks:
         self._fd = -1
         self._cache = CacheWindow()
         self._iter: AsyncGenerator[bytes, None] | None = None
+        self.is_pipe = False
 
     @classmethod
     def from_pipe(cls, fd: int, chunk_size: int, name: str) -> FileChunks:
@@ -76,6 +80,7 @@ class FileChunks:
         pipeline's buffers like a file, not through the event loop."""
         chunks = cls(Path(name), chunk_size)
         chunks._fd = fd
+        chunks.is_pipe = True
         return chunks
 
     def open(self) -> None:
@@ -191,3 +196,34 @@ def fsync_path(path: Path) -> None:
             os.close(fd)
     except OSError as e:
         raise local_error("cannot sync", path, e) from e
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make every file written to the filesystem that holds `path` durable: syncfs(2), which writes back
+    the whole filesystem at once (also what other programs left dirty on it); where the C library has no
+    syncfs, fsync of every file and directory under `path`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    except OSError as e:
+        raise local_error("cannot sync", path, e) from e
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is not None:
+            if syncfs(fd) == 0:
+                return
+            err = ctypes.get_errno()
+            if err != errno.ENOSYS:
+                raise local_error("cannot sync", path, OSError(err, os.strerror(err)))
+    finally:
+        os.close(fd)
+    fsync_tree(path)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under `path` (directories after their entries)."""
+    for dirpath, _, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            file = Path(dirpath, name)
+            if not file.is_symlink():
+                fsync_path(file)
+        fsync_path(Path(dirpath))

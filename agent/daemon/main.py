@@ -280,12 +280,15 @@ def reload_limits(tablet: Tablet, argv: Sequence[str] | None) -> None:
     except ConfigError as e:
         log.error("limits not reloaded: keeping the old ones", error=str(e))
         return
-    tablet.limits.reload(config.backup_max_rate, config.storage_max_rate, config.backup_io_class)
+    tablet.limits.reload(
+        config.backup_max_rate, config.storage_max_rate, config.backup_io_class, config.backup_niceness
+    )
     log.info(
         "I/O limits reloaded",
         backup_max_rate=format_rate(config.backup_max_rate),
         storage_max_rate=format_rate(config.storage_max_rate),
         backup_io_class=config.backup_io_class,
+        backup_niceness=config.backup_niceness,
     )
 
 

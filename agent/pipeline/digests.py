@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,6 +62,26 @@ class Digest:
             await complete(asyncio.wait([self._pending]))
             if not self._pending.cancelled():
                 self._pending.exception()
+
+
+class HashThread:
+    """A sha256 fed in order by a thread of its own, without waiting for it: `feed` queues the data and
+    returns a future that is done once the thread no longer uses it (then its buffer may be reused).
+    Takes the hashing off a thread that must keep reading (a child's pipe). `close` it."""
+
+    def __init__(self, initializer: Callable[[], object] | None = None) -> None:
+        self._sha = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256", initializer=initializer)
+
+    def feed(self, data: Buffer) -> asyncio.Future[None]:
+        return asyncio.wrap_future(self._pool.submit(self._sha.update, data))
+
+    async def hexdigest(self) -> str:
+        return await asyncio.wrap_future(self._pool.submit(self._sha.hexdigest))
+
+    def close(self) -> None:
+        """Queued data is dropped; data being hashed is finished by the thread."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def hash_mismatch(name: str, got: str, expected: str) -> DataLoss:

@@ -15,15 +15,17 @@ from agent.aio.localfiles import FileChunks, LocalFile
 from agent.aio.procs import PIPE, ProcessError, spawn
 from agent.aio.tasks import complete, in_thread, run_concurrently
 from agent.errors import CorruptData, DataLoss
-from agent.pipeline.compression import Buffer, Codec, Decompressor, ExternalCodec, InProcessCodec
+from agent.pipeline.compression import Buffer, Codec, Decompressor, ExternalCodec, InProcessCodec, ZstdCodec
 from agent.pipeline.digests import Digest, StoredFile, hash_mismatch
 from agent.pipeline.encryption import AuthenticationFailed, Opener
+from agent.pipeline.frame_decoding import FrameDecoding
 from agent.pipeline.ratelimit import IoLimits, TokenBucket
 from agent.pipeline.store import CHUNK_SIZE, LineCallback, aclose_quietly, stream_chunks
 from agent.pipeline.workers import Workers
 
 RESTORE_BATCH = 2 << 20  # restored files: decoded, hashed and written this much per thread step
 Sink = Path | Callable[[bytes], Awaitable[None]]
+FRAMES_PER_THREAD = 2  # zstd frames in flight per decoding thread (plus two), bounding a stream's memory
 
 
 class _End:
@@ -166,7 +168,8 @@ class _Decoding:
 
 class DecodedStream:
     """The original bytes of one stored object: decrypted (with an `opener`), decompressed and verified in
-    a background task.
+    a background task. zstd frames are decoded by `workers` (shared by the streams of one restore, else
+    threads of its own), up to `window` frames in flight (default: a few per thread).
 
     Iterate it to the end: the CRC-32 of the stored bytes, the completeness of the compressed
     stream and the sha256 of the output are checked when it ends, raising DataLoss
@@ -186,9 +189,13 @@ class DecodedStream:
         on_stderr_line: LineCallback | None = None,
         opener: Opener | None = None,
         limits: IoLimits | None = None,
+        workers: Workers | None = None,
+        window: int = 0,
     ) -> None:
         self._chunks = chunks
         self._codec = codec
+        self._workers = workers
+        self._window = window
         self._opener = opener
         self._pace = limits.storage if limits is not None else None
         self._io_class = limits.io_class if limits is not None else ""
@@ -258,6 +265,9 @@ class DecodedStream:
             raise hash_mismatch(self._name, got, self._crc_expected)
 
     async def _run_in_process(self, codec: InProcessCodec) -> None:
+        if isinstance(codec, ZstdCodec):
+            await self._run_frames(codec)
+            return
         decoding = _Decoding(codec.new_decompressor(), self._chunk_size, self._opener, self._pace)
 
         async def emit(pieces: list[Buffer]) -> None:
@@ -265,6 +275,27 @@ class DecodedStream:
                 await self._emit(piece if isinstance(piece, bytes) else bytes(piece))
 
         await decoding.run(self._chunks, emit)
+        self._stored = decoding.stored
+        self._crc_hex = decoding.check(self._name, codec.name, self._crc_expected)
+
+    async def _run_frames(self, codec: ZstdCodec) -> None:
+        """zstd: frames decoded on all cores, in order; hashed in order beside them (`_emit`)."""
+
+        async def emit(piece: Buffer) -> None:
+            await self._emit(piece if isinstance(piece, bytes) else bytes(piece))
+
+        async def run(workers: Workers) -> FrameDecoding:
+            window = self._window or FRAMES_PER_THREAD * workers.threads + 2
+            decoding = FrameDecoding(workers, window, self._opener, self._pace, self._chunk_size)
+            await decoding.run(self._chunks, emit)
+            return decoding
+
+        if self._workers is not None:
+            decoding = await run(self._workers)
+        else:
+            # At the agent's own priority, like the rest of a restore: --backup_niceness is for backups.
+            async with Workers(max(1, codec.threads), niceness=0) as own:
+                decoding = await run(own)
         self._stored = decoding.stored
         self._crc_hex = decoding.check(self._name, codec.name, self._crc_expected)
 

@@ -15,6 +15,8 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from agent.pipeline.workers import CODEC_NICENESS
+
 BURST = 0.05  # seconds of tokens a bucket keeps while idle
 
 
@@ -87,15 +89,19 @@ class IoLimits:
     requested_disk: float | None = None
     requested_storage: float | None = None
     io_class: str = ""
+    niceness: int = CODEC_NICENESS  # of the xtrabackup engine's tool and codec threads (--backup_niceness)
 
 
 class RateLimits:
     """The configured ceilings, and the buckets of the operations running under them."""
 
-    def __init__(self, disk: float = 0, storage: float = 0, io_class: str = "") -> None:
+    def __init__(
+        self, disk: float = 0, storage: float = 0, io_class: str = "", niceness: int = CODEC_NICENESS
+    ) -> None:
         self.disk = float(disk)
         self.storage = float(storage)
         self.io_class = io_class
+        self.niceness = niceness
         self._active: weakref.WeakSet[IoLimits] = weakref.WeakSet()
         self.shared = self.for_operation()  # for operations a request cannot limit (restores, verifies)
 
@@ -107,19 +113,26 @@ class RateLimits:
             disk,
             storage,
             self.io_class,
+            self.niceness,
         )
         self._active.add(limits)
         return limits
 
-    def reload(self, disk: float, storage: float, io_class: str | None = None) -> None:
-        """New ceilings (SIGHUP): they apply at once, to running operations too (an I/O class to the
-        children started from now on)."""
+    def reload(
+        self, disk: float, storage: float, io_class: str | None = None, niceness: int | None = None
+    ) -> None:
+        """New ceilings (SIGHUP): they apply at once, to running operations too (an I/O class and a
+        niceness to the children and threads started from now on)."""
         self.disk, self.storage = float(disk), float(storage)
         if io_class is not None:
             self.io_class = io_class
+        if niceness is not None:
+            self.niceness = niceness
         for limits in list(self._active):
             if io_class is not None:
                 limits.io_class = io_class
+            if niceness is not None:
+                limits.niceness = niceness
             limits.disk.set_rate(_lowest(self.disk, limits.requested_disk))
             limits.storage.set_rate(_lowest(self.storage, limits.requested_storage))
 

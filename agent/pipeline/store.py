@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import mmap
@@ -29,10 +30,10 @@ from agent.aio.localfiles import FileChunks
 from agent.aio.procs import PIPE, spawn
 from agent.aio.tasks import complete, in_thread, run_concurrently
 from agent.pipeline.compression import PIECE, Buffer, Codec, ExternalCodec, FramedCodec, InProcessCodec
-from agent.pipeline.digests import Digest, StoredFile
+from agent.pipeline.digests import Digest, HashThread, StoredFile
 from agent.pipeline.encryption import Sealer
 from agent.pipeline.ratelimit import IoLimits, TokenBucket
-from agent.pipeline.workers import Workers
+from agent.pipeline.workers import CODEC_NICENESS, Workers, set_niceness
 
 if TYPE_CHECKING:
     from agent.storage.base import BackupWriter
@@ -181,7 +182,8 @@ async def store(
             )
         elif isinstance(codec, FramedCodec):
             if workers is None:
-                async with Workers(codec.threads) as own:
+                niceness = limits.niceness if limits is not None else CODEC_NICENESS
+                async with Workers(codec.threads, niceness) as own:
                     result = await _store_frames(source, output, codec, own, on_progress, disk=disk)
             else:
                 result = await _store_frames(source, output, codec, workers, on_progress, disk=disk)
@@ -264,21 +266,28 @@ async def _store_frames(
     *,
     disk: TokenBucket | None,
 ) -> StoredFile:
-    """Frames hashed in order, compressed up to `codec.threads` at a time, stored in order."""
+    """Frames hashed in order, compressed up to `codec.threads` at a time, stored in order. A local
+    file is hashed by its reading thread (while the data is in the CPU cache); a pipe by a thread of
+    its own, so the pipe's reader only reads and the child never waits on a full pipe for the hash."""
     digest, file_sha = Digest("sha256"), hashlib.sha256()
-    compressing: asyncio.Queue[tuple[asyncio.Future[bytes], int, mmap.mmap | None] | None]
-    compressing = asyncio.Queue(max(1, codec.threads))
+    # Bounded by the workers' slots, which every queued frame holds.
+    compressing: asyncio.Queue[_Frame | None] = asyncio.Queue()
     size = held = 0  # held: this stream's slots in `workers`, given back whatever happens
+    pipe_sha = (
+        HashThread(functools.partial(set_niceness, workers.niceness))
+        if isinstance(source, FileChunks) and source.is_pipe
+        else None
+    )
 
     async def slot() -> None:
         nonlocal held
         await workers.acquire()
         held += 1
 
-    async def put(frame: Buffer, buf: mmap.mmap | None) -> None:
+    async def put(frame: Buffer, buf: mmap.mmap | None, hashed: asyncio.Future[None] | None) -> None:
         nonlocal size
         size += len(frame)
-        await compressing.put((workers.submit(codec.compress_frame, frame), len(frame), buf))
+        await compressing.put(_Frame(workers.submit(codec.compress_frame, frame), len(frame), buf, hashed))
 
     async def submit_file(src: FileChunks) -> None:
         nonlocal held
@@ -287,7 +296,8 @@ async def _store_frames(
             while True:
                 await slot()
                 buf = workers.buffer(codec.frame_size)
-                n = await in_thread(src.read_into, memoryview(buf)[: codec.frame_size], file_sha.update)
+                view = memoryview(buf)[: codec.frame_size]
+                n = await in_thread(src.read_into, view, None if pipe_sha is not None else file_sha.update)
                 if disk is not None:
                     await disk.pace(n)
                 if n == 0 and size > 0:
@@ -295,7 +305,8 @@ async def _store_frames(
                     workers.release()
                     held -= 1
                     return
-                await put(memoryview(buf)[:n], buf)
+                hashed = pipe_sha.feed(view[:n]) if pipe_sha is not None else None
+                await put(view[:n], buf, hashed)
                 if n == 0:
                     return  # an empty file is one empty frame
         finally:
@@ -309,12 +320,12 @@ async def _store_frames(
                 # splitter must never wait for slots held by others waiting for data.
                 await slot()
                 await digest.feed(frame)
-                await put(frame, None)
+                await put(frame, None, None)
         finally:
             await frames.aclose()
         if size == 0:  # an empty stream is one empty frame
             await slot()
-            await put(b"", None)
+            await put(b"", None, None)
 
     async def submit() -> None:
         await (submit_file(source) if isinstance(source, FileChunks) else submit_other())
@@ -323,28 +334,45 @@ async def _store_frames(
     async def write() -> None:
         nonlocal held
         while (item := await compressing.get()) is not None:
-            job, n, buf = item
-            out = await job
-            if buf is not None:
-                workers.recycle(buf)
+            out = await item.job
+            if item.hashed is not None:
+                await item.hashed
+            if item.buf is not None:
+                workers.recycle(item.buf)
             await output.put(out)
             workers.release()
             held -= 1
-            if n and on_progress is not None:
-                on_progress(n)
+            if item.size and on_progress is not None:
+                on_progress(item.size)
         await output.end()
 
     try:
         await run_concurrently(submit(), write())
-        sha = file_sha.hexdigest() if isinstance(source, FileChunks) else await digest.hexdigest()
+        if pipe_sha is not None:
+            sha = await pipe_sha.hexdigest()
+        else:
+            sha = file_sha.hexdigest() if isinstance(source, FileChunks) else await digest.hexdigest()
         return StoredFile(size, output.stored, await output.crc.hexdigest(), sha)
     finally:
         for _ in range(held):
             workers.release()
         while not compressing.empty():
             if (item := compressing.get_nowait()) is not None:
-                item[0].cancel()  # a buffer still being compressed is dropped, never recycled
+                item.job.cancel()  # a buffer still being compressed or hashed is dropped, never recycled
         await digest.close()
+        if pipe_sha is not None:
+            pipe_sha.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """A frame on its way to storage: its compression, its size, its pooled buffer (recycled once both
+    the compression and the hash, if any, are done with it)."""
+
+    job: asyncio.Future[bytes]
+    size: int
+    buf: mmap.mmap | None
+    hashed: asyncio.Future[None] | None
 
 
 async def _store_external(
@@ -448,7 +476,8 @@ async def store_striped(
         )
 
     try:
-        async with Workers(codec.threads if isinstance(codec, FramedCodec) else 0) as own:
+        threads = codec.threads if isinstance(codec, FramedCodec) else 0
+        async with Workers(threads, limits.niceness if limits is not None else CODEC_NICENESS) as own:
             await run_concurrently(split(), *(one(k, workers or own) for k in range(n)))
     finally:
         await aclose_quietly(source)

@@ -12,29 +12,31 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from agent.pipeline.compression import Buffer
-
 T = TypeVar("T")
+A = TypeVar("A")
 BUFFER_UNIT = 1 << 20  # pooled buffers come in multiples of this
-
-
-CODEC_NICENESS = 10
+CODEC_NICENESS = 10  # Workers' default; the xtrabackup engine's follow --backup_niceness
+# Frames in flight per thread: enough that a short stall of the reader or the writer leaves no
+# thread idle (2 MiB frames: 2 threads hold at most 10 x 2 MiB read and 10 compressed).
+SLOTS_PER_THREAD = 4
 
 
 class Workers:
     """CPU threads and memory shared by the streams of one operation.
 
-    Frames of framed codecs are compressed by `threads` threads; at most `2 * threads + 2` frames
-    are in flight (read, not yet stored) across all streams, so memory does not grow with their
-    number. Buffers are pooled: reading or decoding into fresh memory costs a page fault per
-    4 KiB, and buffers allocated by many threads spread over as many malloc arenas.
+    Frames of framed codecs are compressed by `threads` threads (at `niceness`); at most
+    `SLOTS_PER_THREAD * threads + 2` frames are in flight (read, not yet stored) across all streams,
+    so memory does not grow with their number. Buffers are pooled: reading or decoding into fresh
+    memory costs a page fault per 4 KiB, and buffers allocated by many threads spread over as many
+    malloc arenas.
     Use it as `async with Workers() as w:` and pass it to `store`/`store_striped`/`restore`.
     """
 
-    def __init__(self, threads: int = 0) -> None:
+    def __init__(self, threads: int = 0, niceness: int = CODEC_NICENESS) -> None:
         self.threads = threads if threads > 0 else os.cpu_count() or 1
+        self.niceness = niceness
         self._pool: ThreadPoolExecutor | None = None
-        self._slots = asyncio.Semaphore(2 * self.threads + 2)
+        self._slots = asyncio.Semaphore(SLOTS_PER_THREAD * self.threads + 2)
         self._buffers: dict[int, deque[mmap.mmap]] = {}  # free buffers by size (deques: thread-safe)
 
     async def __aenter__(self) -> Workers:
@@ -69,16 +71,18 @@ class Workers:
         """Give back a buffer from `buffer` once nothing uses it any more. Any thread."""
         self._buffers.setdefault(len(buf), deque()).append(buf)
 
-    def submit(self, fn: Callable[[Buffer], T], data: Buffer) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[A], T], data: A) -> asyncio.Future[T]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
-                self.threads, thread_name_prefix="codec", initializer=_lower_priority
+                self.threads, thread_name_prefix="codec", initializer=set_niceness, initargs=(self.niceness,)
             )
         return asyncio.wrap_future(self._pool.submit(fn, data))
 
 
-def _lower_priority() -> None:
-    """Compression threads yield the CPU to mysqld and to the agent's event loop (Status, cancel)
-    whenever those want it: a backup must not starve the database it copies."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CODEC_NICENESS)
+def set_niceness(niceness: int) -> None:
+    """The calling thread's CPU priority (`--backup_niceness`; 0 leaves it as it is). Above 0 a backup's
+    compression threads yield the CPU to the agent's event loop (and, without autogroups or cgroups
+    apart, to mysqld) whenever those want it."""
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)

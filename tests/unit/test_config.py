@@ -160,7 +160,14 @@ def test_rates_io_class_and_key_files(tmp_path: Path) -> None:
     assert (cfg.backup_max_rate, cfg.storage_max_rate) == (50 << 20, 3 << 29)
     assert cfg.backup_io_class == "best-effort:7"
     assert cfg.decryption_key_paths == [Path("/k/a.key"), Path("/k/b.key")]
-    for bad in ({"backup_max_rate": "fast"}, {"backup_io_class": "lazy"}, {"storage_max_rate": "-1"}):
+    assert cfg.backup_niceness == 10
+    assert build_config(BASE | {"backup-niceness": "0"}, environ={}).backup_niceness == 0
+    for bad in (
+        {"backup_max_rate": "fast"},
+        {"backup_io_class": "lazy"},
+        {"storage_max_rate": "-1"},
+        {"backup_niceness": "20"},
+    ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             build_config(BASE | bad, environ={})
 
@@ -178,9 +185,12 @@ def test_sighup_reloads_the_limits_from_the_config_file(tmp_path: Path) -> None:
     tablet = SimpleNamespace(config=cfg, limits=RateLimits(cfg.backup_max_rate, cfg.storage_max_rate))
     running = tablet.limits.for_operation()
     assert running.disk.rate == 10 << 20
-    toml.write_text('backup_max_rate = "20M"\nstorage_max_rate = 1000\nbackup_io_class = "none"\n')
+    toml.write_text(
+        'backup_max_rate = "20M"\nstorage_max_rate = 1000\nbackup_io_class = "none"\nbackup_niceness = 3\n'
+    )
     reload_limits(tablet, argv)  # type: ignore[arg-type]
     assert (running.disk.rate, running.storage.rate, running.io_class) == (20 << 20, 1000, "none")
+    assert running.niceness == 3
     toml.write_text('backup_max_rate = "lots"\n')
     reload_limits(tablet, argv)  # type: ignore[arg-type]  # refused: the old limits stay
     assert running.disk.rate == 20 << 20

@@ -134,6 +134,29 @@ async def test_cancellation_terminates_the_whole_group_and_reaps(tmp_path: Path)
     assert await _wait_gone(child)
 
 
+async def test_a_child_in_the_agents_session_still_leads_its_group_and_is_killed_with_it(
+    tmp_path: Path,
+) -> None:
+    pids = tmp_path / "pids"
+    script = f"sleep 60 & echo $$ $! > {pids}; wait"
+
+    async def body() -> None:
+        async with spawn(["sh", "-c", script], own_session=False):
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(body())
+    leader, child = await _read_pids(pids, 2)
+    assert (os.getpgid(leader), os.getsid(leader)) == (leader, os.getsid(0))
+    assert os.getpgid(child) == leader
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _wait_gone(leader)
+    assert await _wait_gone(child)
+    separate = await run(["sh", "-c", "echo $(ps -o sid= -p $$)"])
+    assert int(separate.stdout) != os.getsid(0)  # by default a session of its own
+
+
 async def test_sigterm_ignored_gets_sigkill_after_grace(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     script = f"trap '' TERM; sleep 60 & echo $$ $! > {pids}; wait; wait"

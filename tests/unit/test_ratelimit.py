@@ -93,6 +93,16 @@ def test_requests_lower_never_raise_and_reloads_reach_running_operations() -> No
     assert (op.disk.rate, op.storage.rate, higher.disk.rate) == (50, 30, 1000)  # the requests now
 
 
+def test_backup_niceness_reaches_operations_and_reloads() -> None:
+    limits = RateLimits(niceness=5)
+    op = limits.for_operation()
+    assert (op.niceness, limits.shared.niceness, RateLimits().shared.niceness) == (5, 5, 10)
+    limits.reload(disk=0, storage=0, niceness=0)
+    assert (op.niceness, limits.for_operation().niceness) == (0, 0)
+    limits.reload(disk=0, storage=0)  # not given: kept
+    assert op.niceness == 0
+
+
 def test_io_class_specs() -> None:
     assert io_priority("idle") == 3 << 13
     assert io_priority("best-effort:7") == 2 << 13 | 7

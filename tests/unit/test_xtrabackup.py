@@ -14,16 +14,18 @@ from typing import Any
 import grpc
 import pytest
 
+from agent.aio import localfiles
 from agent.aio.procs import ProcessError
 from agent.catalog.manifest import AgentInfo, Manifest, StoredObject
 from agent.config import AgentConfig
 from agent.errors import DataLoss, FailedPrecondition, InvalidArgument
 from agent.mysql.client import Credentials
 from agent.operations import Kind, Operation
+from engines import xtrabackup_restore
 from engines.base import RestoreTargets
 from engines.xtrabackup import XtrabackupEngine
 from engines.xtrabackup_layout import layout_of, object_records
-from engines.xtrabackup_restore import check_binlog_info, fix_ownership
+from engines.xtrabackup_restore import check_binlog_info, fix_ownership, sync_filesystems, target_dirs
 from engines.xtrabackup_tool import (
     PASSWORD_ENV,
     Settings,
@@ -384,3 +386,34 @@ def test_backup_max_rate_becomes_throttle_unless_the_flags_set_it() -> None:
     own = settings(xtrabackup_backup_flags="--throttle=7")
     argv = backup_argv("xb", Path("/c"), Path("/t"), own, socket=None, replica=False, max_rate=50 << 20)
     assert [a for a in argv if a.startswith("--throttle")] == ["--throttle=7"]
+
+
+def test_restored_files_are_synced_once_per_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(xtrabackup_restore, "sync_filesystem", synced.append)
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    data.mkdir()
+    logs.mkdir()
+    targets = RestoreTargets(data, data, logs, Path("/"), None)
+    assert target_dirs(targets) == [data, data, logs]
+    sync_filesystems([*target_dirs(targets), Path("/proc")])
+    assert synced == [data, Path("/proc")]  # data and logs share a filesystem, /proc is another
+
+
+def test_sync_filesystem_without_syncfs_fsyncs_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "db").mkdir()
+    for name in ("ibdata1", "db/t.ibd"):
+        (tmp_path / name).write_text("x")
+    localfiles.sync_filesystem(tmp_path)  # syncfs(2)
+    fsynced: list[str] = []
+    monkeypatch.setattr(localfiles.ctypes, "CDLL", lambda *a, **k: object())  # a C library without syncfs
+    monkeypatch.setattr(
+        localfiles, "fsync_path", lambda p: fsynced.append(p.relative_to(tmp_path).as_posix())
+    )
+    localfiles.sync_filesystem(tmp_path)
+    assert sorted(fsynced) == [".", "db", "db/t.ibd", "ibdata1"]  # every file and directory
+    assert fsynced.index("db/t.ibd") < fsynced.index("db") and fsynced[-1] == "."
