@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.aio.tasks import in_thread
-from agent.binlogs.apply import ReplayStep, choose_applier, position_before
+from agent.binlogs.apply import ReplayStep, bootstrap_server, choose_applier, position_before
 from agent.catalog.manifest import format_time
 from agent.errors import DataLoss
 from agent.mysql import replication
@@ -20,6 +20,12 @@ from agent.params import RestoreParams
 from agent.tablet import Tablet
 from engines.base import RestoreContext, RestoreTargets
 from engines.binlog import binlog_files
+
+
+async def bootstrap_applier(tablet: Tablet, workdir: Path, op: Operation) -> None:
+    """Meant to run beside the full backup's restore: the replication applier's binlog server, ready
+    before the replay (never fails: the replay bootstraps again if this did not)."""
+    await bootstrap_server(tablet.config.binlog_applier, workdir, op)
 
 
 async def restore_binlogs(
