@@ -207,12 +207,12 @@ class ReplicationApplier:
         await client.execute("SET GLOBAL slave_parallel_mode = 'optimistic'")
         template = workdir / SERVER_TEMPLATE
         try:
-            if not await in_thread(is_bootstrapped, template):
-                await bootstrap(template)
             current = start
             for i, step in enumerate(steps):
                 if current.contains(step.end):
                     continue
+                if not await in_thread(is_bootstrapped, template):
+                    await bootstrap(template)
                 op.info(
                     f"replaying {len(step.files)} binlog file(s) of {step.name} up to {step.end} "
                     f"with {self.threads} parallel workers"

@@ -83,16 +83,20 @@ async def replay(
     Replication is left unconfigured: a point-in-time copy must not catch up with its source."""
     info = await tablet.mysqld.server_info()
     config = tablet.config
-    applier = await choose_applier(
-        setting=config.binlog_applier,
-        threads=config.binlog_applier_threads,
-        client=tablet.client,
-        info=info,
-        op=op,
-        steps=steps,
-    )
-    op.set_phase("replaying binlogs", applier.name)
-    await applier.apply(tablet.client, op, start, up_to(steps, target), workdir)
+    steps = up_to(steps, target)
+    if all(start.contains(step.end) for step in steps):
+        op.info(f"the full backup is at {start} already: no binlog to replay")
+    else:
+        applier = await choose_applier(
+            setting=config.binlog_applier,
+            threads=config.binlog_applier_threads,
+            client=tablet.client,
+            info=info,
+            op=op,
+            steps=steps,
+        )
+        op.set_phase("replaying binlogs", applier.name)
+        await applier.apply(tablet.client, op, start, steps, workdir)
     executed = await replication.executed_position(tablet.client, info.flavor)
     if not executed.contains(target) or not target.contains(executed):
         raise DataLoss(f"the binlog replay ended at position {executed}, not at the target {target}")
