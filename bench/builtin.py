@@ -87,7 +87,7 @@ def memory_at(work: Path, size_gb: float) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    # 0.5 GB: the ratios measured at 0.5 and 1.0 GB agree (README); the memory check compares two sizes
+    # 0.5 GB: the ratios at 0.5 and 1 GB move less between sizes than between runs (README)
     p.add_argument("--size-gb", type=float, default=0.5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--small-gb", type=float, default=0.15, help="second data size for the memory check")
