@@ -19,6 +19,8 @@ the test sandboxes' `innodb_flush_log_at_trx_commit=2` instead, where the replay
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -53,9 +55,24 @@ def workload(sb: Sandbox, transactions: int) -> None:
                 )
 
 
-def restore_to(agent: AgentProcess, position: str) -> tuple[float, float]:
-    """(seconds of the replay phase, seconds of the whole RPC), as the client receives the events."""
-    started = ended = 0.0
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process and of the children it has reaped."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def restore_to(agent: AgentProcess, target: Sandbox, position: str) -> tuple[float, float, float]:
+    """(seconds of the replay phase, seconds of the whole RPC, CPU seconds of the replay: mysqld's and
+    the agent's with its children, the binlog server or the pipe), as the client receives the events."""
+    assert agent.proc is not None
+    started = ended = cpu = 0.0
     t0 = time.perf_counter()
     with agent.channel() as ch:
         req = tabletmanagerdata_pb2.RestoreFromBackupRequest(restore_to_pos=position)
@@ -63,20 +80,22 @@ def restore_to(agent: AgentProcess, position: str) -> tuple[float, float]:
             text = r.event.value
             if "replaying binlogs (" in text and not started:
                 started = time.perf_counter()
+                cpu = -cpu_seconds(target.pid()) - cpu_seconds(agent.proc.pid)
             if text.startswith("replayed binlogs up to"):
                 ended = time.perf_counter()
-    return ended - started, time.perf_counter() - t0
+                cpu += cpu_seconds(target.pid()) + cpu_seconds(agent.proc.pid)
+    return ended - started, time.perf_counter() - t0, cpu
 
 
 def agent_restore(
     target: Sandbox, storage: Path, work: Path, applier: str, position: str
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     agent = AgentProcess(
         target.cnf, storage, work / f"agent-{applier}", extra=[f"--binlog_applier={applier}"]
     )
     agent.start(timeout=60)
     try:
-        return restore_to(agent, position)
+        return restore_to(agent, target, position)
     finally:
         agent.stop()
 
@@ -128,16 +147,20 @@ def main(argv: list[str] | None = None) -> int:
             "pitr_replay_plain", megabytes=mb, reference="mariadb-binlog | mariadb", restores=True
         )
         whole: dict[str, list[float]] = {"replication": [], "pipe": []}
+        cpu: dict[str, list[float]] = {"replication": [], "pipe": [], "shell": []}
         checks = set()
         for _ in range(args.rounds):
             for applier, result in (("replication", fast), ("pipe", plain)):
-                replay, rpc = agent_restore(target, storage, work, applier, end_pos)
+                replay, rpc, used = agent_restore(target, storage, work, applier, end_pos)
                 assert replay > 0, f"the {applier} applier did not replay binlogs"
                 result.agent_seconds.append(replay)
                 whole[applier].append(rpc)
+                cpu[applier].append(used)
                 checks.add(tuple(target.sql(CHECKSUM)))
             agent_restore(target, storage, work, "pipe", full_pos)  # back to the full backup
+            before = cpu_seconds(target.pid()) + own_children_cpu()
             seconds = timed(lambda: subprocess.run(shell, shell=True, check=True))
+            cpu["shell"].append(cpu_seconds(target.pid()) + own_children_cpu() - before)
             fast.ref_seconds.append(seconds)
             plain.ref_seconds.append(seconds)
             checks.add(tuple(target.sql(CHECKSUM)))
@@ -149,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"target with {durability}",
                 "whole restore RPC (full backup, then the replay): replication applier "
                 f"{statistics.median(whole['replication']):.1f} s, pipe applier {statistics.median(whole['pipe']):.1f} s",
+                "CPU seconds of a replay (mysqld and the applier's processes): "
+                + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in cpu.items()),
                 "every replay ended with identical table checksums",
             ],
             f"python -m bench.pitr --transactions {args.transactions} --rounds {args.rounds}"
