@@ -95,7 +95,7 @@ class MachineLimits:
     ) -> MachineLimits:
         """Measure in `directory` (on the filesystem the benchmark writes to), on the first
         SAMPLE_BYTES of `sample` (InnoDB-like pages of the benchmarks' rows when empty). Each figure is
-        the better of two tries: others' work only ever slows a try down. A few seconds."""
+        the best of three tries: others' work only ever slows a try down. A few seconds."""
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as shm:
             plain, packed = Path(shm) / "sample", Path(shm) / "sample.zst"
@@ -111,7 +111,7 @@ class MachineLimits:
         return cls(mb / write, mb / compress, mb / decompress, level, os.getloadavg()[0])
 
 
-def _best(command: str, tries: int = 2) -> float:
+def _best(command: str, tries: int = 3) -> float:
     return min(timed(lambda: subprocess.run(command, shell=True, check=True)) for _ in range(tries))
 
 
