@@ -1,9 +1,12 @@
-"""`make bench` / `bench/run NAME...`: run benchmarks one after another and collect their BENCH lines."""
+"""`make bench` / `bench/run NAME...`: run benchmarks one after another (each with its own default sizes)
+and collect their BENCH lines, with how long each took and the load average around it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -25,16 +28,19 @@ def main(argv: list[str]) -> int:
         return 2
     lines: list[str] = []
     failed = []
+    began = time.monotonic()
     for name in names:
-        print(f"\n### {name}", flush=True)
+        print(f"\n### {name} (load average {os.getloadavg()[0]:.1f})", flush=True)
+        start = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", f"bench.{name}"], cwd=REPO, stdout=subprocess.PIPE, text=True
         )
         print(proc.stdout, end="", flush=True)
         lines += [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+        lines.append(f"took {name} seconds={time.monotonic() - start:.0f} load1={os.getloadavg()[0]:.1f}")
         if proc.returncode != 0:
             failed.append(name)
-    print("\n### summary")
+    print(f"\n### summary ({(time.monotonic() - began) / 60:.1f} min)")
     for line in lines:
         print(line)
     if failed:

@@ -8,7 +8,9 @@ Two appliers:
 - `pipe`: `mariadb-binlog --start-position=<current> --stop-position=<end> files | mariadb`, every step
   into one client session. Simple, one thread of apply.
 - `replication`: a throw-away binlog server serves each step's files; the restored mysqld replicates
-  from it with `START SLAVE UNTIL master_gtid_pos=<end>` and parallel workers.
+  from it with `START SLAVE UNTIL master_gtid_pos=<end>` and parallel workers. The servers' system
+  datadir is bootstrapped once (`SERVER_TEMPLATE` in the work directory, made early by
+  `bootstrap_server` when the restore can) and copied for each step.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from typing import Any, Protocol
 
 from agent.aio.procs import ProcessError, spawn
 from agent.aio.tasks import in_thread
-from agent.binlogs.server import INSTALL_DB, SERVER, SERVER_TOOLS_MISSING, binlog_server
+from agent.binlogs.server import (
+    INSTALL_DB,
+    SERVER,
+    SERVER_TOOLS_MISSING,
+    binlog_server,
+    bootstrap,
+    is_bootstrapped,
+)
 from agent.config import BinlogApplier
 from agent.errors import AgentError, DataLoss, FailedPrecondition
 from agent.mysql import replication
@@ -38,6 +47,7 @@ BINLOG_TOOLS = ("mariadb-binlog", "mysqlbinlog")
 CLIENT_TOOLS = ("mariadb", "mysql")
 POLL = 0.2
 PROGRESS_EVERY = 5.0
+SERVER_TEMPLATE = "server-template"  # in the replay's work directory
 
 
 @dataclass(frozen=True)
@@ -195,16 +205,19 @@ class ReplicationApplier:
         await _reset_replication(client)
         await client.execute("SET GLOBAL slave_parallel_threads = %s", (self.threads,))
         await client.execute("SET GLOBAL slave_parallel_mode = 'optimistic'")
+        template = workdir / SERVER_TEMPLATE
         try:
             current = start
             for i, step in enumerate(steps):
                 if current.contains(step.end):
                     continue
+                if not await in_thread(is_bootstrapped, template):
+                    await bootstrap(template)
                 op.info(
                     f"replaying {len(step.files)} binlog file(s) of {step.name} up to {step.end} "
                     f"with {self.threads} parallel workers"
                 )
-                async with binlog_server(workdir / f"server-{i}", step.files, op) as source:
+                async with binlog_server(workdir / f"server-{i}", step.files, op, template) as source:
                     await client.execute(
                         "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER=%s, "
                         "MASTER_PASSWORD=%s, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
@@ -254,6 +267,18 @@ async def _wait_until(client: MysqlClient, op: Operation, end: Position) -> None
             op.info(f"replayed up to {applied}")
             next_report = now + PROGRESS_EVERY
         await asyncio.sleep(POLL)
+
+
+async def bootstrap_server(setting: BinlogApplier, workdir: Path, op: Operation) -> None:
+    """Bootstrap the replication applier's binlog server ahead of the replay (a restore runs this while
+    the full backup is restored: install-db waits on fsyncs far more than it computes). Errors are only
+    noted: the replay bootstraps again and reports its own."""
+    if setting is BinlogApplier.PIPE:
+        return
+    try:
+        await bootstrap(workdir / SERVER_TEMPLATE)
+    except AgentError as e:
+        op.info(f"bootstrapping the binlog server ahead of the replay failed ({e}); the replay tries again")
 
 
 # --- choice -------------------------------------------------------------------------------------------

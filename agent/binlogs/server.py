@@ -4,6 +4,8 @@ for a real source.
 
 The server has an empty system datadir (`mariadb-install-db`), listens on 127.0.0.1 only, and has one
 replication user with a random password; it lives in a private directory that is removed afterwards.
+Bootstrapping that datadir takes seconds (install-db's fsyncs, more on a busy host): `bootstrap` makes one
+template, early (a restore does it while the full backup is restored), and each server starts from a copy.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ INSTALL_DB = ("mariadb-install-db", "mysql_install_db")
 SERVER = ("mariadbd", "mysqld")
 START_TIMEOUT = 60.0
 SERVER_ID = 4_294_967_000  # far from the server ids fleets use
+BOOTSTRAPPED = "bootstrapped"  # written into a template once install-db succeeded
 USER = "tablet_agent_pitr"
 SERVER_TOOLS_MISSING = (
     "the replication applier needs mariadbd and mariadb-install-db: install mariadb-server or use "
@@ -68,6 +71,7 @@ def _options(root: Path, sock: Path, port: int, binlogs: bool) -> str:
         "skip-slave-start",
         "performance_schema=OFF",
         "innodb_buffer_pool_size=16M",
+        "innodb_log_file_size=8M",  # not the default 96M: the template is copied for every server
         "gtid_strict_mode=OFF",
     ]
     if binlogs:
@@ -79,11 +83,45 @@ def _options(root: Path, sock: Path, port: int, binlogs: bool) -> str:
     return "[mysqld]\n" + "".join(f"{line}\n" for line in lines)
 
 
-def _fresh_root(root: Path, options: str) -> None:
+def _fresh_root(root: Path, options: str, template: Path | None = None) -> None:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(mode=0o700, parents=True)
     (root / "tmp").mkdir(mode=0o700)
     (root / "my.cnf").write_text(options)
+    if template is not None:
+        shutil.copytree(template / "data", root / "data")
+
+
+def is_bootstrapped(template: Path) -> bool:
+    return (template / BOOTSTRAPPED).is_file()
+
+
+async def bootstrap(template: Path) -> None:
+    """A server's system datadir in `template/data`, made by install-db, for `binlog_server` to copy."""
+    await in_thread(shutil.rmtree, template / BOOTSTRAPPED, True)
+    sock_dir = Path(await in_thread(tempfile.mkdtemp, "", "tablet-agent-"))
+    try:
+        await _install_db(template, sock_dir / "bootstrap.sock")
+        await in_thread((template / BOOTSTRAPPED).touch)
+    finally:
+        await in_thread(shutil.rmtree, sock_dir, True)
+
+
+async def _install_db(root: Path, sock: Path) -> None:
+    install_db = find_program(INSTALL_DB, SERVER_TOOLS_MISSING)
+    await in_thread(_fresh_root, root, _options(root, sock, 0, binlogs=False))
+    try:
+        await run(
+            [
+                install_db,
+                f"--defaults-file={root / 'my.cnf'}",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+            on_stderr_line=lambda _line: None,
+        )
+    except ProcessError as e:
+        raise AgentError(f"{e}: {_error_log_tail(root)}") from None
 
 
 def _prepare(root: Path, files: Sequence[Path], password: str, options: str) -> None:
@@ -114,28 +152,21 @@ def _error_log_tail(root: Path, lines: int = 8) -> str:
 
 
 @contextlib.asynccontextmanager
-async def binlog_server(root: Path, files: Sequence[Path], op: Operation) -> AsyncIterator[BinlogSource]:
-    """Serve `files` (oldest first; they are moved into `root`) for the duration of the block."""
-    install_db = find_program(INSTALL_DB, SERVER_TOOLS_MISSING)
+async def binlog_server(
+    root: Path, files: Sequence[Path], op: Operation, template: Path | None = None
+) -> AsyncIterator[BinlogSource]:
+    """Serve `files` (oldest first; they are moved into `root`) for the duration of the block; the
+    system datadir is a copy of a bootstrapped `template`, else bootstrapped here."""
     server = find_program(SERVER, SERVER_TOOLS_MISSING)
     port, password = _free_port(), secrets.token_hex(16)
     cnf = root / "my.cnf"
     sock_dir = Path(await in_thread(tempfile.mkdtemp, "", "tablet-agent-"))
     sock = sock_dir / "binlog-server.sock"
     try:
-        await in_thread(_fresh_root, root, _options(root, sock, port, binlogs=False))
-        try:
-            await run(
-                [
-                    install_db,
-                    f"--defaults-file={cnf}",
-                    "--auth-root-authentication-method=socket",
-                    "--skip-test-db",
-                ],
-                on_stderr_line=lambda _line: None,
-            )
-        except ProcessError as e:
-            raise AgentError(f"{e}: {_error_log_tail(root)}") from None
+        if template is not None and await in_thread(is_bootstrapped, template):
+            await in_thread(_fresh_root, root, _options(root, sock, port, binlogs=False), template)
+        else:
+            await _install_db(root, sock)
         await in_thread(_prepare, root, files, password, _options(root, sock, port, binlogs=True))
         async with spawn([server, f"--defaults-file={cnf}"], check=False) as proc:
             await _wait_listening(port, proc, root)

@@ -7,6 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
@@ -133,17 +134,43 @@ def test_both_appliers_give_identical_data(
     replica.wait_for_gtid(pos)
     backup(agent, incremental_from_pos="auto")
     results = []
-    for applier in ("pipe", "replication"):
+    # in place too: the binlog server is bootstrapped beside the restore into the cleared datadir
+    for applier, in_place in (("pipe", False), ("replication", False), ("replication", True)):
         target = sandbox_factory()
         target.make_replica_of(primary, start=False)
         events = restore(
             agent_factory(target, alias="zone1-0000000104", extra=[f"--binlog_applier={applier}"]),
             restore_to_pos=pos,
+            restore_in_place=in_place,
         )
         assert any(f"replaying binlogs ({applier})" in e for e in events), events
         results.append((_checksums(target), target.value("SELECT @@GLOBAL.gtid_binlog_pos")))
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
     assert results[0][1] == pos
+
+
+def test_a_point_in_time_at_the_full_backup_replays_nothing(
+    primary: Sandbox,
+    replica: Sandbox,
+    sandbox_factory: SandboxFactory,
+    agent_factory: AgentFactory,
+    storage_root: Path,
+) -> None:
+    agent = agent_factory(replica)
+    replica.wait_for_gtid(primary.write_rows(20))
+    backup(agent)
+    full = str(manifest(complete_backups(storage_root)[0])["Position"])
+    replica.wait_for_gtid(primary.write_rows(5))
+    backup(agent, incremental_from_pos="auto")
+    for applier in ("pipe", "replication"):
+        target = sandbox_factory()
+        target.make_replica_of(primary, start=False)
+        events = restore(
+            agent_factory(target, alias="zone1-0000000104", extra=[f"--binlog_applier={applier}"]),
+            restore_to_pos=full,
+        )
+        assert any("no binlog to replay" in e for e in events), events
+        assert f"MariaDB/{target.value('SELECT @@GLOBAL.gtid_binlog_pos')}" == full
 
 
 def test_incrementals_chain_onto_an_xtrabackup_full_backup(

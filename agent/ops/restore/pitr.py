@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.aio.tasks import in_thread
-from agent.binlogs.apply import ReplayStep, choose_applier, position_before
+from agent.binlogs.apply import ReplayStep, bootstrap_server, choose_applier, position_before
 from agent.catalog.manifest import format_time
 from agent.errors import DataLoss
 from agent.mysql import replication
@@ -20,6 +20,12 @@ from agent.params import RestoreParams
 from agent.tablet import Tablet
 from engines.base import RestoreTargets
 from engines.binlog import binlog_files
+
+
+async def bootstrap_applier(tablet: Tablet, workdir: Path, op: Operation) -> None:
+    """Meant to run beside the full backup's restore: the replication applier's binlog server, ready
+    before the replay (never fails: the replay bootstraps again if this did not)."""
+    await bootstrap_server(tablet.config.binlog_applier, workdir, op)
 
 
 async def restore_binlogs(
@@ -65,16 +71,20 @@ async def replay(
     Replication is left unconfigured: a point-in-time copy must not catch up with its source."""
     info = await tablet.mysqld.server_info()
     config = tablet.config
-    applier = await choose_applier(
-        setting=config.binlog_applier,
-        threads=config.binlog_applier_threads,
-        client=tablet.client,
-        info=info,
-        op=op,
-        steps=steps,
-    )
-    op.set_phase("replaying binlogs", applier.name)
-    await applier.apply(tablet.client, op, start, up_to(steps, target), workdir)
+    steps = up_to(steps, target)
+    if all(start.contains(step.end) for step in steps):
+        op.info(f"the full backup is at {start} already: no binlog to replay")
+    else:
+        applier = await choose_applier(
+            setting=config.binlog_applier,
+            threads=config.binlog_applier_threads,
+            client=tablet.client,
+            info=info,
+            op=op,
+            steps=steps,
+        )
+        op.set_phase("replaying binlogs", applier.name)
+        await applier.apply(tablet.client, op, start, steps, workdir)
     executed = await replication.executed_position(tablet.client, info.flavor)
     if not executed.contains(target) or not target.contains(executed):
         raise DataLoss(f"the binlog replay ended at position {executed}, not at the target {target}")

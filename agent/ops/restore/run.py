@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.aio.tasks import complete, in_thread
+from agent.aio.tasks import complete, in_thread, run_concurrently
 from agent.binlogs.apply import ReplayStep
 from agent.catalog.listing import BackupEntry, list_backup_entries, newest_complete_full
 from agent.catalog.pitr_path import RestorePath, path_to_position, path_to_time
@@ -188,7 +188,7 @@ async def _restore_staged(
     try:
         await in_thread(swap.create, staging)
         op.set_phase("restoring into staging directories")
-        await run.full.engine.restore(run.full.context(tablet, staging.restore_targets, staging.work_dir, op))
+        await run.restore_full(staging.restore_targets)
         await in_thread(_write_gtid_state, tablet.mycnf, staging.restore_targets, run.start)
         await run.prepare_point_in_time()
     except BaseException:
@@ -280,7 +280,7 @@ async def _restore_in_place(
         await in_thread(lambda: work_dir.mkdir(mode=0o750))
         op.set_phase("restoring files")
         targets = live_targets(cnf, tablet.state_dir)
-        await run.full.engine.restore(run.full.context(tablet, targets, work_dir, op))
+        await run.restore_full(targets)
         await in_thread(_write_gtid_state, cnf, targets, run.start)
         await run.prepare_point_in_time()
         op.set_phase("starting mysqld")
@@ -391,6 +391,15 @@ class _Run:
     start: Position | None = None
     target: Position | None = None
     steps: list[ReplayStep] = field(default_factory=list)
+
+    async def restore_full(self, targets: RestoreTargets) -> None:
+        """The full backup into `targets`; for a point in time, the replication applier's binlog server
+        is bootstrapped meanwhile (it mostly waits on the disk, and the replay no longer waits for it)."""
+        restore = self.full.engine.restore(self.full.context(self.tablet, targets, self.work_dir, self.op))
+        if not self.params.point_in_time:
+            await restore
+            return
+        await run_concurrently(restore, pitr.bootstrap_applier(self.tablet, self.work_dir / "pitr", self.op))
 
     async def prepare_point_in_time(self) -> None:
         """Restore the incrementals' binlogs and resolve the target (before the tablet is touched)."""
