@@ -67,8 +67,8 @@ def run(
     `one_round`, then the `<name>_upload` / `<name>_download` results (`references` describe the
     reference side of each) with `notes`."""
     p = argparse.ArgumentParser()
-    p.add_argument("--size-gb", type=float, default=0.5)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size-gb", type=float, default=0.2)
+    p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
     (Path.cwd() / "var").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=Path.cwd() / "var"))

@@ -1,7 +1,7 @@
 """archive_rpo: how old the oldest not-yet-archived transaction gets while continuous binlog archiving runs
 under a steady writer (the recovery point objective a restore can meet), sampled twice a second.
 
-    python -m bench.archive_rpo [--interval 5] [--seconds 60]
+    python -m bench.archive_rpo [--interval 5] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def archived_seq(storage: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--interval", type=float, default=5.0, help="--binlog_archive_interval")
-    p.add_argument("--seconds", type=float, default=60.0, help="how long the writer runs")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long the writer runs")
     args = p.parse_args(argv)
     (Path.cwd() / "var").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-archive-", dir=Path.cwd() / "var"))

@@ -3,7 +3,7 @@
 `download_blob` with max_concurrency=4), same bytes (compression off on both sides), same service,
 alternating rounds.
 
-    python -m bench.azblob [--size-gb 0.5] [--rounds 3]
+    python -m bench.azblob [--size-gb 0.2] [--rounds 2]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 the synthetic bench set and sysbench-style rows with text — through the agent's own store pipeline on all
 cores: MB/s of original data and the stored size. The default compression is chosen from this table.
 
-    python -m bench.compression_levels [--size-gb 0.3]
+    python -m bench.compression_levels [--size-gb 0.2]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def table(title: str, sb: Sandbox) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--size-gb", type=float, default=0.3)
+    p.add_argument("--size-gb", type=float, default=0.2)
     args = p.parse_args(argv)
     (Path.cwd() / "var").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-compression-", dir=Path.cwd() / "var"))

@@ -7,7 +7,7 @@
   of the bytes the agent read (`/proc/<pid>/io` rchar: the data files, or the tool's stream) between 5 %
   and 95 % of them, sampled every 100 ms.
 
-    python -m bench.encryption [--size-gb 0.5] [--rounds 3] [--rate-mb 40]
+    python -m bench.encryption [--size-gb 0.3] [--rounds 2] [--rate-mb 40]
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def observed_rate(agent: AgentProcess) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--size-gb", type=float, default=0.5)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size-gb", type=float, default=0.3)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rate-mb", type=float, default=40.0, help="--backup_max_rate for rate_limit, in MB/s")
     args = p.parse_args(argv)
     (Path.cwd() / "var").mkdir(exist_ok=True)

@@ -3,7 +3,7 @@ Storage (gcp-storage-emulator on 127.0.0.1) against the asyncio GCS SDK (gcloud-
 same files with its own uploads and downloads (4 files at a time, the agent's default concurrency), same
 bytes (compression off on both sides), same emulator, alternating rounds.
 
-    python -m bench.gcs [--size-gb 0.5] [--rounds 3]
+    python -m bench.gcs [--size-gb 0.2] [--rounds 2]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (moto's, on 127.0.0.1) against an `aws s3 cp`-style copy of the same files with boto3's transfer manager
 (multipart, 10 threads), same bytes (compression off on both sides), same server, alternating rounds.
 
-    python -m bench.s3 [--size-gb 0.5] [--rounds 3]
+    python -m bench.s3 [--size-gb 0.2] [--rounds 2]
 """
 
 from __future__ import annotations

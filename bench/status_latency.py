@@ -1,7 +1,7 @@
 """status_latency: Status RPC latency (p50/p99, as a client sees it) while an xtrabackup backup runs at
 full speed on the same tablet, and while the agent is idle for comparison.
 
-    python -m bench.status_latency [--size-gb 1] [--rounds 3]
+    python -m bench.status_latency [--size-gb 0.5] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def sample(agent: AgentProcess, during: threading.Thread | None, seconds: float 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--size-gb", type=float, default=1.0)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size-gb", type=float, default=0.5)
+    p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
     (Path.cwd() / "var").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-status-", dir=Path.cwd() / "var"))

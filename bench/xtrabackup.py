@@ -10,7 +10,7 @@ Both sides run at the same CPU and I/O priority (the agent with `--backup_nicene
 none`). The load average of the machine is printed with the figures: on a shared machine only ratios
 measured in the same run mean anything.
 
-    python -m bench.xtrabackup [--size-gb 2] [--rounds 3]
+    python -m bench.xtrabackup [--size-gb 0.5] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def load_average() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--size-gb", type=float, default=2.0)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--size-gb", type=float, default=0.5)
+    p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
     (Path.cwd() / "var").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-xtrabackup-", dir=Path.cwd() / "var"))
