@@ -75,6 +75,7 @@ class Operation:
     backup_name: str = ""
     engine: str = ""
     incremental: bool = False
+    dry_run: bool = False  # a restore that only checks: not counted as a restore in the metrics
     _events: deque[Event] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_LIMIT), repr=False)
     _dropped: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -193,14 +194,16 @@ class OperationRunner:
         """Call `hook` when an operation has ended, whatever its result."""
         self._finish_hooks.append(hook)
 
-    def start(self, kind: Kind, work: Work, *, engine: str = "", incremental: bool = False) -> Operation:
+    def start(
+        self, kind: Kind, work: Work, *, engine: str = "", incremental: bool = False, dry_run: bool = False
+    ) -> Operation:
         running = self.current
         if running is not None:
             raise FailedPrecondition(
                 f"a {running.kind} is already running on tablet: {self._alias} (operation {running.id}; "
                 "wait for it or cancel it with `tabletctl cancel`)"
             )
-        op = Operation(kind=kind, engine=engine, incremental=incremental)
+        op = Operation(kind=kind, engine=engine, incremental=incremental, dry_run=dry_run)
         self._current = op
         for hook in self._start_hooks:
             try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.catalog.summary import BackupSummary
@@ -35,6 +37,9 @@ class Tablet:
     restored_to: str = ""  # what the last restore brought the tablet to, for Status
     unfinished_restore: str = ""  # a restore that could not be finished or rolled back: why, for Status
     drained: bool = False  # restored to a point in time: out of serving, as Vitess's DRAINED
+    backups_removed: Counter[str] = field(default_factory=Counter)  # by kind (full/incremental/incomplete)
+    expiry_error: str = ""  # why the last backup expiry failed ("" after a success), for Status
+    expiry_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one expiry at a time in this agent
 
     @classmethod
     def create(cls, config: AgentConfig, environ: dict[str, str] | None = None) -> Tablet:

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import json_format
 
 from agent.ctl.progress import follow
-from agent.ctl.render import print_event, render_status
+from agent.ctl.render import print_event, render_expiry, render_status
 from agent.ctl.shard import choose, render_tablets, survey
 from agent.errors import AgentError, ConfigError
 from agent.pb import (
@@ -92,6 +92,9 @@ def make_parser() -> CtlParser:
     rm = sub.add_parser("remove-backup", help="remove a backup")
     rm.add_argument("name")
     rm.add_argument("--force", action="store_true")
+    ex = sub.add_parser("expire", help="apply the agent's retention policy: remove the backups it lets go")
+    ex.add_argument("--dry_run", "--dry-run", action="store_true", help="print the plan, remove nothing")
+    ex.add_argument("--json", action="store_true")
     for name, text in (("tablets", "list a shard's tablets from the topology, with their health"),
                        ("backup-shard", "back up a shard on its best tablet (healthy, least lag)")):  # fmt: skip
         t = sub.add_parser(name, help=text)
@@ -233,6 +236,15 @@ async def run(args: argparse.Namespace) -> int:
             )
             for name in rmresp.removed:
                 print(f"removed {name}")
+        elif cmd == "expire":
+            exresp = await stub.ExpireBackups(
+                agentdata_pb2.ExpireBackupsRequest(dry_run=args.dry_run), timeout=max(args.timeout, 600)
+            )
+            print(
+                json_format.MessageToJson(exresp, preserving_proto_field_name=True)
+                if args.json
+                else render_expiry(exresp)
+            )
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ from agent.daemon.servicer import TabletManagerServicer
 from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
 from agent.operations import Operation
+from agent.ops.health import health_problem_kinds
 from agent.ops.restore.at_start import restore_on_start, startup_restore_params
 from agent.ops.startup import prepare_tablet
 from agent.ops.tablet_type import current_type
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG = 2
 PENDING_BINLOGS_INTERVAL = 60.0
+HEALTH_INTERVAL = 10.0
 log = get_logger("agent.daemon.main")
 
 
@@ -163,7 +165,7 @@ async def serve(config: AgentConfig) -> int:
         address=f"{config.grpc_bind_address}:{port}",
         version=AGENT_VERSION,
     )
-    metrics = AgentMetrics(tablet.runner, tablet.summary)
+    metrics = AgentMetrics(tablet.runner, tablet.summary, tablet.backups_removed)
     if config.metrics_port:
         metrics_port = metrics.serve(config.metrics_bind_address, config.metrics_port)
         log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
@@ -171,6 +173,7 @@ async def serve(config: AgentConfig) -> int:
     background = [
         asyncio.create_task(tablet.summary.run()),
         asyncio.create_task(track_pending_binlogs(tablet, metrics)),
+        asyncio.create_task(track_health(tablet, metrics)),
     ]
     if config.restore_from_backup:
         background.append(asyncio.create_task(_restore_on_start(tablet)))
@@ -298,6 +301,18 @@ async def track_pending_binlogs(tablet: Tablet, metrics: AgentMetrics) -> None:
         except (AgentError, OSError) as e:
             log.debug("cannot count pending binlogs", error=str(e))
         await asyncio.sleep(PENDING_BINLOGS_INTERVAL)
+
+
+async def track_health(tablet: Tablet, metrics: AgentMetrics) -> None:
+    """Keep the health-problem metric fresh: Status's problems, every HEALTH_INTERVAL seconds."""
+    await tablet.summary.wait()
+    while True:
+        try:
+            state = await tablet.mysqld_states.get()
+            metrics.health_problems = {kind for kind, _ in health_problem_kinds(tablet, state)}
+        except (AgentError, OSError) as e:
+            log.debug("cannot evaluate health", error=str(e))
+        await asyncio.sleep(HEALTH_INTERVAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
