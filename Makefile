@@ -10,8 +10,10 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 
 .PHONY: setup system-packages run test test-unit lint proto proto-check bench clean
 
-SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz etcd etcdctl node npm
+SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz etcd etcdctl node npm promtool
 APT_PACKAGES := mariadb-server mariadb-backup mariadb-client zstd lz4 pigz python3-venv etcd-server etcd-client
+# promtool (checks deploy/prometheus/ in the tests) comes with Debian's prometheus, without its recommends
+APT_NO_RECOMMENDS := prometheus
 NODE_PACKAGES := nodejs npm
 
 setup: system-packages $(VENV)/.installed $(AZURITE)
@@ -21,7 +23,8 @@ system-packages:
 	if [ -n "$$missing" ]; then \
 	  node=$$(command -v npm >/dev/null || echo "$(NODE_PACKAGES)"); \
 	  echo "installing with apt: $(APT_PACKAGES) $$node (missing: $$missing)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) $$node >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) $$node >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_NO_RECOMMENDS) >/dev/null; \
 	fi
 
 $(AZURITE):

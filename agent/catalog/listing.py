@@ -95,6 +95,20 @@ class ManifestCache:
     def __len__(self) -> int:
         return sum(len(m) for m in self._manifests.values())
 
+    async def confirm(self, chosen: Sequence[BackupEntry]) -> bool:
+        """Read the MANIFESTs of the backups an operation is about to use again: True when each is still
+        the cached one. When one changed or can no longer be read (storage is writable by others), forget
+        the directory and return False: the caller lists again, reading every MANIFEST as stored now."""
+        for entry in chosen:
+            try:
+                fresh = await read_manifest(entry.handle)
+            except (NotFound, DataLoss):
+                fresh = None
+            if fresh is None or fresh != entry.manifest:
+                self._manifests.pop(entry.directory, None)
+                return False
+        return True
+
 
 async def list_backup_entries(
     storage: BackupStorage,

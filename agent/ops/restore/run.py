@@ -75,6 +75,9 @@ async def choose_path(tablet: Tablet, params: RestoreParams, op: Operation) -> R
             path = RestorePath(
                 newest_complete_full(entries, before=params.backup_time, allowed_engines=allowed), ()
             )
+        if not await tablet.summary.manifests.confirm([path.full, *path.incrementals]):
+            entries = await list_backup_entries(tablet.storage, directory, cache=tablet.summary.manifests)
+            continue  # a chosen MANIFEST changed in storage: choose again from what is stored now
         verification = await read_verification(path.full.handle)
         if verification is None or verification.ok:
             return path
