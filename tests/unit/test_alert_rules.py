@@ -7,12 +7,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.ops.health import PROBLEM_KINDS
+from agent.catalog.listing import BackupEntry
+from agent.catalog.manifest import Manifest, format_time
+from agent.catalog.summary import Newest
+from agent.ops.health import PROBLEM_KINDS, backup_problem_kinds, backup_problems
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "tablet-agent.rules.yml"
@@ -128,3 +133,34 @@ def test_rules_name_only_exported_problems() -> None:
     for name in ("last_backup_failed", "no_full_backup"):
         assert name in PROBLEM_KINDS
         assert name in text
+
+
+@pytest.mark.parametrize(
+    ("newest", "kind"),
+    [
+        ("error", "backup_listing_failed"),
+        ("none", "no_full_backup"),
+        ("old", "backup_too_old"),
+        ("fresh", None),
+    ],
+)
+def test_backup_problems_carry_their_kind(newest: str, kind: str | None) -> None:
+    """The `problem` label values the rules match come from the same place as Status's sentences."""
+
+    now = time.time()
+
+    def full(age_hours: float) -> BackupEntry:
+        when = datetime.fromtimestamp(now - age_hours * 3600, UTC)
+        m = Manifest(BackupName="b", BackupTime=format_time(when))
+        return BackupEntry(None, m, True, None)  # type: ignore[arg-type]
+
+    state = {
+        "error": Newest(None, None, now, error="storage down"),
+        "none": Newest(None, None, now),
+        "old": Newest(full(30), None, now),
+        "fresh": Newest(full(1), None, now),
+    }[newest]
+    kinds = backup_problem_kinds(state, "ks/0", 24, now)
+    assert [k for k, _ in kinds] == ([kind] if kind else [])
+    assert all(k in PROBLEM_KINDS for k, _ in kinds)
+    assert backup_problems(state, "ks/0", 24, now) == [text for _, text in kinds]
