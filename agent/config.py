@@ -24,6 +24,16 @@ ALIAS_RE = re.compile(r"^(?P<cell>[A-Za-z0-9_]+)-(?P<uid>[0-9]{1,10})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 CONTAINER_RE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 SHARD_RE = re.compile(r"^(-|[0-9a-fA-F]*-[0-9a-fA-F]*|[0-9A-Za-z_]+)$")
+IO_CLASS_RE = re.compile(r"^(none|idle|(best-effort|realtime)(:[0-7])?)$")
+SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """`50M` -> 52428800: a byte count with an optional K/M/G/T suffix (powers of 1024)."""
+    m = SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid size {text!r}: use bytes, or a number with K, M, G or T (e.g. 50M)")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
 
 
 class TabletType(enum.StrEnum):
@@ -112,6 +122,12 @@ class AgentConfig(BaseModel):
 
     # mysqld
     mycnf_file: Path
+    mycnf_group_suffix: str = Field(
+        default="",
+        description="also read the option groups with this suffix, as mysqld's --defaults-group-suffix "
+        "([mysqld.<i>] for Debian's mariadb@<i>.service: .<i>); default $MARIADB_GROUP_SUFFIX or "
+        "$MYSQL_GROUP_SUFFIX",
+    )
     db_credentials_file: Path | None = None
     mysqld_start_command: str | None = Field(
         default=None, description="command that starts mysqld; default runs mariadbd/mysqld itself"
@@ -203,6 +219,14 @@ class AgentConfig(BaseModel):
         default=4, ge=1, le=256, description="parallel replication workers of the replication applier"
     )
 
+    # continuous binlog archiving
+    binlog_archive_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="ship closed binlogs as incremental backups and rotate the active one when it holds "
+        "transactions older than this many seconds (0: off)",
+    )
+
     # restore safety
     restore_in_place: bool = Field(
         default=False,
@@ -226,6 +250,29 @@ class AgentConfig(BaseModel):
     )
     verify_after_backup: VerifyMode = Field(
         default=VerifyMode.OFF, description="verify each new full backup: off, light or deep"
+    )
+
+    # encryption and I/O limits
+    backup_encryption_key_file: Path | None = Field(
+        default=None,
+        description="file (mode 600) with 32 random bytes as hex or base64: new backups are encrypted with "
+        "it (AES-256-GCM); none: they are not",
+    )
+    backup_decryption_key_files: str = Field(
+        default="", description="comma-separated older key files restores may use too (key rotation)"
+    )
+    backup_max_rate: int = Field(
+        default=0,
+        ge=0,
+        description="bytes/s a backup reads from the tablet's disks (K/M/G suffixes; 0: no limit)",
+    )
+    storage_max_rate: int = Field(
+        default=0, ge=0, description="bytes/s written to or read from storage (K/M/G suffixes; 0: no limit)"
+    )
+    backup_io_class: str = Field(
+        default="idle",
+        description="I/O scheduling class of child processes (xtrabackup, mbstream, external compressors): "
+        "idle, best-effort[:0-7], realtime[:0-7] or none",
     )
 
     # topology (optional): tablet records and shard locks in etcd
@@ -259,7 +306,10 @@ class AgentConfig(BaseModel):
     )
 
     # operation
-    state_dir: Path | None = Field(default=None, description="agent state; default <mycnf dir>/tablet-agent")
+    state_dir: Path | None = Field(
+        default=None,
+        description="agent state; default $STATE_DIRECTORY (systemd's StateDirectory=), else <mycnf dir>/tablet-agent",
+    )
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics HTTP port (0: off)")
@@ -352,6 +402,25 @@ class AgentConfig(BaseModel):
         optional = {n for n, f in cls.model_fields.items() if f.default is None}
         return {k: v for k, v in data.items() if not (k in optional and v == "")}
 
+    @field_validator("init_tablet_type", mode="before")
+    @classmethod
+    def _upper_enum(cls, v: Any) -> Any:
+        """Enum values in any case: `replica` = `REPLICA`."""
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator(
+        "backup_storage_implementation",
+        "backup_engine_implementation",
+        "binlog_applier",
+        "verify_after_backup",
+        "log_format",
+        mode="before",
+    )
+    @classmethod
+    def _lower_enum(cls, v: Any) -> Any:
+        """Enum values in any case: `XtraBackup` = `xtrabackup`."""
+        return v.strip().lower() if isinstance(v, str) else v
+
     @field_validator("tablet_alias")
     @classmethod
     def _alias(cls, v: str) -> str:
@@ -370,6 +439,28 @@ class AgentConfig(BaseModel):
         if not SHARD_RE.match(v) or len(v) > 64:
             raise ValueError(f"invalid shard {v!r}: use a number such as 0 or a key range such as -80 or 80-")
         return v
+
+    @field_validator("mycnf_group_suffix")
+    @classmethod
+    def _group_suffix(cls, v: str) -> str:
+        if any(ch.isspace() or ch in "[]#;=" for ch in v):
+            raise ValueError(
+                f"invalid mycnf_group_suffix {v!r}: it is appended to option group names, so it cannot hold "
+                "spaces or any of []#;= (Debian's mariadb@<i>.service uses .<i>)"
+            )
+        return v
+
+    @field_validator("backup_max_rate", "storage_max_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
+
+    @field_validator("backup_io_class")
+    @classmethod
+    def _io_class(cls, v: str) -> str:
+        if not IO_CLASS_RE.match(v.strip().lower()):
+            raise ValueError(f"invalid I/O class {v!r}: use idle, best-effort[:0-7], realtime[:0-7] or none")
+        return v.strip().lower()
 
     @field_validator("log_level")
     @classmethod
@@ -442,6 +533,10 @@ class AgentConfig(BaseModel):
             )
 
     @property
+    def decryption_key_paths(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.backup_decryption_key_files.split(",") if p.strip()]
+
+    @property
     def effective_state_dir(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.mycnf_file.parent / "tablet-agent"
 
@@ -454,6 +549,11 @@ def is_loopback(address: str) -> bool:
     except ValueError:
         return False
 
+
+# Defaults taken from the environment other programs set: systemd's StateDirectory= and the group suffix
+# MariaDB's own programs read (MARIADB_GROUP_SUFFIX wins over MYSQL_GROUP_SUFFIX, as in mysys).
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
+GROUP_SUFFIX_ENVS = ("MARIADB_GROUP_SUFFIX", "MYSQL_GROUP_SUFFIX")
 
 # Other spellings accepted for a field (Vitess uses --tablet-path for the alias).
 FIELD_ALIASES: dict[str, str] = {"tablet_path": "tablet_alias"}
@@ -539,6 +639,19 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def environment_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Defaults from the environment the agent is started in; any flag, TOML key or TABLET_AGENT_* wins."""
+    out: dict[str, Any] = {}
+    # systemd joins several StateDirectory= paths with ':'; the first is the unit's own.
+    if state := environ.get(STATE_DIRECTORY_ENV, "").split(":")[0]:
+        out["state_dir"] = state
+    for name in GROUP_SUFFIX_ENVS:
+        if suffix := environ.get(name):
+            out["mycnf_group_suffix"] = suffix
+            break
+    return out
+
+
 def build_config(
     flags: Mapping[str, Any], environ: Mapping[str, str] | None = None, config_file: Path | None = None
 ) -> AgentConfig:
@@ -558,6 +671,7 @@ def build_config(
         merged["ignored_flags"] = tuple(ignored)
     if str(merged.get("backup_storage_compress", "true")).lower() not in BOOL_TRUE:
         merged.setdefault("compression_engine_name", "none")
+    merged.update({k: v for k, v in environment_defaults(environ).items() if k not in merged})
     missing = [
         f"--{name}"
         for name in ("tablet_alias", "init_keyspace", "init_shard", "mycnf_file")

@@ -72,6 +72,10 @@ class StorageError(AgentError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class StorageUnreachable(StorageError):
+    """No answer from the storage after every attempt (network, DNS, endpoint down): may pass by itself."""
+
+
 class NothingToBackup(FailedPrecondition):
     """An incremental backup found no transactions since the requested position: not a failure."""
 

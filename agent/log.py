@@ -1,7 +1,7 @@
 """structlog set-up: JSON lines on stderr when not a TTY (journald, files), readable console otherwise.
 
-Records of the standard library's `logging` (ours in low-level modules, aiomysql's, grpc's, asyncio's)
-go through the same processors and renderer, so every line on stderr has one format.
+Records of the standard library's `logging` (ours in low-level modules, aiomysql's, grpc's, asyncio's) and
+Python warnings go through the same processors and renderer, so every line on stderr has one format.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def configure_logging(fmt: LogFormat = LogFormat.AUTO, level: str = "info") -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
+    logging.captureWarnings(True)  # `warnings.warn` (aiomysql's MySQL warnings) as log records too
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

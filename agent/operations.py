@@ -12,7 +12,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -22,7 +22,9 @@ from agent.errors import AgentError, Cancelled, FailedPrecondition, NotFound, No
 from agent.log import get_logger
 
 EVENT_LOG_LIMIT = 20_000
-HISTORY_LIMIT = 50
+PROGRESS_EVERY = 10.0  # seconds between progress summaries of a running operation
+HISTORY_LIMIT = 100
+BACKGROUND_WAIT = 60.0  # seconds a request waits for an operation the agent started itself
 
 log = get_logger("agent.operations")
 
@@ -51,12 +53,22 @@ class Result(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class PhaseTiming:
+    """How long one phase of an operation took and how many bytes it moved (like Vitess's backup stats)."""
+
+    phase: str
+    seconds: float
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Event:
     time: datetime
     level: Level
-    message: str
+    message: str  # readable on its own (Vitess's clients show only this)
     file: str = ""
     line: int = 0
+    fields: Mapping[str, object] = field(default_factory=dict)  # phase, file, bytes, rate, ...
 
 
 @dataclass
@@ -76,30 +88,70 @@ class Operation:
     engine: str = ""
     incremental: bool = False
     dry_run: bool = False  # a restore that only checks: not counted as a restore in the metrics
+    background: bool = False  # started by the agent itself (binlog archiving): requests wait for it
+    timings: list[PhaseTiming] = field(default_factory=list)  # the phases so far, with their durations
     _events: deque[Event] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_LIMIT), repr=False)
     _dropped: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     _rate_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=32), repr=False)
+    _phase_key: str = field(default="", repr=False)
+    _phase_started: float = field(default=0.0, repr=False)
+    _phase_bytes: int = field(default=0, repr=False)
 
     # --- reporting, used by engines and orchestration ---
 
-    def emit(self, level: Level, message: str) -> None:
+    def emit(self, level: Level, message: str, **fields: object) -> None:
         if len(self._events) == self._events.maxlen:
             self._dropped += 1
-        self._events.append(Event(datetime.now(UTC), level, message))
-        log.log(20 if level is Level.INFO else 30 if level is Level.WARNING else 40, message, op=self.id)
+        self._events.append(Event(datetime.now(UTC), level, message, fields=fields))
+        severity = 20 if level is Level.INFO else 30 if level is Level.WARNING else 40
+        log.log(severity, message, op=self.id, **fields)
         self._notify()
 
-    def info(self, message: str) -> None:
-        self.emit(Level.INFO, message)
+    def info(self, message: str, **fields: object) -> None:
+        self.emit(Level.INFO, message, **fields)
 
-    def warning(self, message: str) -> None:
-        self.emit(Level.WARNING, message)
+    def warning(self, message: str, **fields: object) -> None:
+        self.emit(Level.WARNING, message, **fields)
 
-    def set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self.info(f"phase: {phase}")
+    def debug(self, message: str, **fields: object) -> None:
+        """Detail (a file copied, a tool's stderr line): the agent's log at debug level, not an event."""
+        log.debug(message, op=self.id, **fields)
+
+    def set_phase(self, phase: str, detail: str = "") -> None:
+        """Enter a phase (a fixed name: it labels metrics) with an optional detail for the text."""
+        self._close_phase()
+        self.phase = phase if not detail else f"{phase} ({detail})"
+        self._phase_key, self._phase_started, self._phase_bytes = phase, time.monotonic(), self.bytes_done
+        self.info(f"phase: {self.phase}", phase=phase)
+
+    def _close_phase(self) -> None:
+        if self._phase_key:
+            self.timings.append(
+                PhaseTiming(
+                    self._phase_key,
+                    time.monotonic() - self._phase_started,
+                    self.bytes_done - self._phase_bytes,
+                )
+            )
+            self._phase_key = ""
+
+    def progress_summary(self) -> None:
+        """One line of where the operation stands: bytes, rate, ETA."""
+        if self.bytes_total <= 0:
+            return
+        pct = min(100.0, 100.0 * self.bytes_done / self.bytes_total)
+        rate = self.rate
+        eta = f", ETA {self.eta:.0f}s" if rate > 0 else ""
+        self.info(
+            f"{self.phase}: {_mib(self.bytes_done)} of {_mib(self.bytes_total)} ({pct:.0f}%), "
+            f"{_mib(int(rate))}/s{eta}",
+            phase=self.phase,
+            bytes=self.bytes_done,
+            total=self.bytes_total,
+            rate=round(rate),
+        )
 
     def add_total(self, n: int) -> None:
         self.bytes_total += n
@@ -140,10 +192,16 @@ class Operation:
         self._wakeup = asyncio.Event()
 
     def _finish(self, result: Result, error: AgentError | None) -> None:
+        self._close_phase()
         self.result, self.error, self.ended = result, error, datetime.now(UTC)
         if error is not None:
             self.emit(Level.ERROR if result is Result.FAILED else Level.WARNING, str(error))
         self.emit(Level.INFO, f"{self.kind} {result} after {self.duration:.1f}s")
+
+    async def wait(self) -> None:
+        """Until the operation has ended (its result and error are then set)."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
 
     async def watch(self) -> AsyncIterator[Event]:
         """Every event from the start (as far as the bounded log holds), then live ones, until the end."""
@@ -180,6 +238,11 @@ class OperationRunner:
         op = self._current
         return op if op is not None and not op.done else None
 
+    def remember(self, ops: list[Operation]) -> None:
+        """Operations of earlier runs of the agent (oldest first), as the start of the history."""
+        for op in ops:
+            self._finished.append(op)
+
     @property
     def finished(self) -> list[Operation]:
         """Newest first."""
@@ -194,8 +257,21 @@ class OperationRunner:
         """Call `hook` when an operation has ended, whatever its result."""
         self._finish_hooks.append(hook)
 
+    async def wait_for_background(self, timeout: float = BACKGROUND_WAIT) -> None:
+        """Let an operation the agent started itself (a short binlog shipment) end before a request's."""
+        running = self.current
+        if running is not None and running.background and running._task is not None:
+            await asyncio.wait({running._task}, timeout=timeout)
+
     def start(
-        self, kind: Kind, work: Work, *, engine: str = "", incremental: bool = False, dry_run: bool = False
+        self,
+        kind: Kind,
+        work: Work,
+        *,
+        engine: str = "",
+        incremental: bool = False,
+        background: bool = False,
+        dry_run: bool = False,
     ) -> Operation:
         running = self.current
         if running is not None:
@@ -203,7 +279,9 @@ class OperationRunner:
                 f"a {running.kind} is already running on tablet: {self._alias} (operation {running.id}; "
                 "wait for it or cancel it with `tabletctl cancel`)"
             )
-        op = Operation(kind=kind, engine=engine, incremental=incremental, dry_run=dry_run)
+        op = Operation(
+            kind=kind, engine=engine, incremental=incremental, background=background, dry_run=dry_run
+        )
         self._current = op
         for hook in self._start_hooks:
             try:
@@ -214,6 +292,7 @@ class OperationRunner:
         return op
 
     async def _run(self, op: Operation, work: Work) -> None:
+        ticker = asyncio.create_task(_tick(op))
         try:
             await work(op)
         except NothingToBackup as e:
@@ -230,6 +309,7 @@ class OperationRunner:
         else:
             op._finish(Result.SUCCEEDED, None)
         finally:
+            ticker.cancel()
             self._finished.append(op)
             for hook in self._finish_hooks:
                 try:
@@ -274,6 +354,17 @@ class OperationRunner:
         op.warning("agent is stopping: cancelling the operation")
         op._task.cancel()
         await asyncio.wait({op._task}, timeout=timeout)
+
+
+async def _tick(op: Operation) -> None:
+    """A progress summary every PROGRESS_EVERY seconds while the operation runs."""
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        op.progress_summary()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def error_status(op: Operation) -> tuple[grpc.StatusCode, str] | None:

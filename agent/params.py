@@ -25,6 +25,8 @@ class BackupParams:
     engine: EngineName
     mysql_shutdown_timeout: float
     init_sql: InitSQL | None
+    max_disk_rate: int | None = None  # bytes/s: lowers --backup_max_rate for this backup
+    max_storage_rate: int | None = None  # bytes/s: lowers --storage_max_rate for this backup
 
     @property
     def incremental(self) -> bool:

@@ -1,5 +1,5 @@
 """builtin_backup / builtin_restore / memory: the agent's offline backup and restore against
-`tar -cf - <datadir> | zstd -T0 -3 > file` and `zstd -dc file | tar -x`, same data, same filesystem,
+`tar -cf - <datadir> | zstd -T0 -1 > file` and `zstd -dc file | tar -x`, same data, same filesystem,
 alternating rounds; the agent's time is the whole RPC as a client sees it.
 
     python -m bench.builtin [--size-gb 2] [--rounds 3]
@@ -29,7 +29,7 @@ from bench.common import (
 from tests.integration.helpers import backup, restore
 from tests.sandbox import Sandbox
 
-ZSTD_LEVEL = 3  # the agent's zstd default
+ZSTD_LEVEL = 1  # the agent's zstd default
 
 
 def shell_backup(sb: Sandbox, out: Path) -> None:

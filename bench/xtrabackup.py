@@ -1,5 +1,5 @@
 """xtrabackup_backup / xtrabackup_restore: the agent's online xtrabackup engine (zstd -3, directory storage)
-against `mariabackup --backup --stream=xbstream | zstd -T0 -3 > file` and `zstd -dc | mbstream -x` +
+against `mariabackup --backup --stream=xbstream | zstd -T0 -1 > file` and `zstd -dc | mbstream -x` +
 `mariabackup --prepare`, same data, same filesystem, alternating rounds.
 
     python -m bench.xtrabackup [--size-gb 2] [--rounds 3]
@@ -27,7 +27,7 @@ from bench.common import (
 from tests.integration.helpers import backup, restore
 from tests.sandbox import Sandbox
 
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1  # the agent's zstd default
 
 
 def shell_backup(sb: Sandbox, out: Path, tmp: Path) -> None:

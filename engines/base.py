@@ -4,7 +4,7 @@ it found it.
 
 Engines get narrow inputs, never the whole tablet: the option file (paths of the tablet's directories,
 the defaults file for tools), a mysqld handle, a MySQL client, the state directory for work files and
-crash records, the codec, the operation and the backup handle; a restore gets the directories to fill,
+crash records, the codec (and the cipher and rate limits, when set), the operation and the backup handle; a restore gets the directories to fill,
 which are staging directories unless the restore runs in place. So an engine can be tested against a
 fake mysqld.
 """
@@ -25,6 +25,8 @@ from agent.mysql.mysqld import ServerInfo
 from agent.operations import Operation
 from agent.params import BackupParams
 from agent.pipeline.compression import Codec
+from agent.pipeline.encryption import BackupCipher
+from agent.pipeline.ratelimit import IoLimits
 from agent.storage.base import BackupHandle
 
 
@@ -59,6 +61,10 @@ class BackupContext:
     op: Operation
     handle: BackupHandle
     incremental_from: IncrementalSource | None = None
+    cipher: BackupCipher | None = (
+        None  # every object encrypted with it (chosen, recorded by the orchestrator)
+    )
+    limits: IoLimits | None = None  # the operation's rate limits and its children's I/O class
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ class RestoreContext:
     handle: BackupHandle
     manifest: Manifest
     concurrency: int
+    cipher: BackupCipher | None = None  # the objects are encrypted: the key the MANIFEST names
+    limits: IoLimits | None = None
 
 
 def stored_path(handle: BackupHandle, name: str, label: str = "") -> str:

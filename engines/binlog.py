@@ -79,6 +79,8 @@ class BinlogEngine:
             ctx.codec,
             op,
             ctx.params.concurrency,
+            cipher=ctx.cipher,
+            limits=ctx.limits,
         )
         return BackupOutcome(
             position=str(selection.to_position),

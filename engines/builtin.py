@@ -58,6 +58,8 @@ class BuiltinEngine:
                 ctx.codec,
                 op,
                 params.concurrency,
+                cipher=ctx.cipher,
+                limits=ctx.limits,
             )
         finally:
             await complete(self._restart(ctx, snap))
@@ -126,4 +128,6 @@ async def restore_entries(ctx: RestoreContext) -> None:
         )
         for i, fe in enumerate(ctx.manifest.file_entries or [])
     ]
-    await restore_files(ctx.handle, objects, ctx.codec, ctx.op, ctx.concurrency)
+    await restore_files(
+        ctx.handle, objects, ctx.codec, ctx.op, ctx.concurrency, cipher=ctx.cipher, limits=ctx.limits
+    )

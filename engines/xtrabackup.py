@@ -34,7 +34,6 @@ from agent.pipeline.progress import FileProgress
 from agent.pipeline.store import CHUNK_SIZE, store, store_striped
 from agent.pipeline.workers import CODEC_NICENESS
 from agent.statedir.crash_records import OfflineRecord, clear_offline_record, write_offline_record
-from agent.storage.base import BackupHandle
 from engines.base import BackupContext, BackupOutcome, RestoreContext
 from engines.xtrabackup_layout import Layout, layout_of, object_records
 from engines.xtrabackup_restore import restore_backup
@@ -139,6 +138,7 @@ class XtrabackupEngine:
             run.settings,
             socket=ctx.mycnf.socket,
             replica=run.replica,
+            max_rate=ctx.limits.disk.rate if ctx.limits is not None else 0,
         )
         op.set_phase("streaming xtrabackup")
         op.info(
@@ -158,11 +158,12 @@ class XtrabackupEngine:
                 env=child_env(os.environ),
                 on_stderr_line=line_logger(op, output, "xtrabackup"),
                 niceness=CODEC_NICENESS,  # like the compression threads: mysqld comes first
+                io_class=ctx.limits.io_class if ctx.limits is not None else "",
             ) as proc:
                 os.close(write_end)  # the child holds it now: its exit is our end of stream
                 write_end = -1
                 stored = await stop_first_on_cancel(
-                    proc, _store_stream(ctx.handle, source, layout, run.codec, progress)
+                    proc, _store_stream(ctx, source, layout, run.codec, progress)
                 )
         except ExecError as e:
             raise FailedPrecondition(f"unable to start backup: {e}") from None
@@ -224,12 +225,25 @@ def _position(output: ToolOutput, flavor: Flavor) -> str:
 
 
 async def _store_stream(
-    handle: BackupHandle, source: FileChunks, layout: Layout, codec: Codec, progress: FileProgress
+    ctx: BackupContext, source: FileChunks, layout: Layout, codec: Codec, progress: FileProgress
 ) -> list[StoredFile]:
-    writers = [await handle.add_file(name) for name in layout.object_names]
+    names = layout.object_names
+    writers = [await ctx.handle.add_file(name) for name in names]
+    sealers = [ctx.cipher.sealer(name) for name in names] if ctx.cipher is not None else None
     if layout.stripes == 0:
-        return [await store(source, writers[0], codec, on_progress=progress)]
-    return await store_striped(source, writers, codec, block_size=layout.block_size, on_progress=progress)
+        sealer = sealers[0] if sealers is not None else None
+        return [
+            await store(source, writers[0], codec, on_progress=progress, sealer=sealer, limits=ctx.limits)
+        ]
+    return await store_striped(
+        source,
+        writers,
+        codec,
+        block_size=layout.block_size,
+        on_progress=progress,
+        sealers=sealers,
+        limits=ctx.limits,
+    )
 
 
 async def _put_replication_back(

@@ -26,6 +26,7 @@ from agent.errors import DataLoss, FailedPrecondition, InvalidArgument
 from agent.mysql.gtid import parse_position
 from agent.operations import Operation
 from agent.pipeline.compression import Codec
+from agent.pipeline.encryption import opener_for
 from agent.pipeline.load import DecodedStream, unstripe
 from agent.pipeline.progress import FileProgress
 from engines.base import RestoreContext, RestoreTargets, stored_path
@@ -67,10 +68,11 @@ async def restore_backup(ctx: RestoreContext, config: AgentConfig) -> None:
         )
         await in_thread(check_binlog_info, work, manifest, op)
         op.set_phase("preparing the backup (applying the redo log)")
-        await _run_tool(op, prepare_argv(tools.xtrabackup, ctx.mycnf.path, work, prepare_flags))
+        io_class = ctx.limits.io_class if ctx.limits is not None else ""
+        await _run_tool(op, prepare_argv(tools.xtrabackup, ctx.mycnf.path, work, prepare_flags), io_class)
         op.set_phase("moving the files into place")
         await in_thread(write_move_back_options, options, ctx.mycnf.path, ctx.targets)
-        await _run_tool(op, move_back_argv(tools.xtrabackup, options, work))
+        await _run_tool(op, move_back_argv(tools.xtrabackup, options, work), io_class)
     finally:
         await complete(in_thread(shutil.rmtree, work, True))
         await complete(in_thread(options.unlink, True))
@@ -110,6 +112,8 @@ async def _extract(
             expected_crc32_hex=r.crc32 if (r := records[n]) else None,
             expected_sha256_hex=r.sha256 if r else None,
             name=stored_path(handle, n),
+            opener=opener_for(ctx.cipher, n, stored_path(handle, n)),
+            limits=ctx.limits,
         )
         for n in names
     ]
@@ -125,6 +129,7 @@ async def _extract(
             stdin=read_end,
             env=child_env(os.environ),
             on_stderr_line=line_logger(op, output, "xbstream"),
+            io_class=ctx.limits.io_class if ctx.limits is not None else "",
         ) as proc:
             os.close(read_end)
             read_end = -1
@@ -165,13 +170,16 @@ async def _feed(
         raise proc.error("stopped reading its input before the end of the stream")
 
 
-async def _run_tool(op: Operation, argv: list[str]) -> None:
+async def _run_tool(op: Operation, argv: list[str], io_class: str) -> None:
     """Run `--prepare` or `--move-back` to the end; it must exit 0 and say it completed."""
     output = ToolOutput()
     op.info(f"running {format_argv(argv)}")
     try:
         result = await run(
-            argv, env=child_env(os.environ), on_stderr_line=line_logger(op, output, "xtrabackup")
+            argv,
+            env=child_env(os.environ),
+            on_stderr_line=line_logger(op, output, "xtrabackup"),
+            io_class=io_class,
         )
     except ExecError as e:
         raise FailedPrecondition(f"unable to start restore: {e}") from None

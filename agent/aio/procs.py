@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import logging
 import os
+import platform
 import re
 import shlex
 import signal
@@ -35,7 +37,7 @@ PIPE = asyncio.subprocess.PIPE
 DEVNULL = asyncio.subprocess.DEVNULL
 STREAM_LIMIT = 4 << 20  # StreamReader buffer limit: the pipeline reads 1-4 MiB chunks from stdout
 KILL_GRACE = 5.0
-TAIL_LINES = 30
+TAIL_LINES = 20  # a failed child's last stderr lines go with its error
 MAX_LINE = 8192
 MAX_RUN_OUTPUT = 64 << 20
 
@@ -305,11 +307,13 @@ async def spawn(
     limit: int = STREAM_LIMIT,
     pass_fds: Sequence[int] = (),
     niceness: int = 0,
+    io_class: str = "",
 ) -> AsyncIterator[Process]:
     """Run argv for the duration of the block.
 
     `niceness` > 0 lowers the child's CPU priority right after it starts (before it starts its
-    threads, in practice), for tools that must not starve the database they work on.
+    threads, in practice), for tools that must not starve the database they work on; `io_class`
+    (`idle`, `best-effort[:0-7]`, see `io_priority`) sets its I/O scheduling class the same way.
 
     stdin/stdout: `PIPE`, `DEVNULL` or an open fd. On normal exit stdin is closed and the child
     awaited (`ProcessError` on non-zero when `check`); on error or cancellation the group is
@@ -356,6 +360,8 @@ async def spawn(
     if niceness:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, transport.get_pid(), niceness)
+    if io_class:
+        set_io_priority(transport.get_pid(), io_class)
     proc = wrap(transport, protocol)
     ok = False
     try:
@@ -368,6 +374,37 @@ async def spawn(
             proc.close()
         else:
             await proc.shutdown()
+
+
+IO_CLASSES = {"realtime": 1, "best-effort": 2, "idle": 3}
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "ppc64le": 273, "s390x": 282}  # syscall numbers
+_IOPRIO_WHO_PROCESS = 1
+_IOPRIO_CLASS_SHIFT = 13
+
+
+def io_priority(spec: str) -> int | None:
+    """An I/O class spec as the kernel's ioprio value: `idle`, `best-effort[:0-7]`, `realtime[:0-7]`; `none`
+    or empty: None (inherit). ValueError for anything else."""
+    name, _, level = spec.strip().lower().partition(":")
+    if name in ("", "none"):
+        return None
+    if name not in IO_CLASSES or (level and not (level.isdigit() and 0 <= int(level) <= 7)):
+        raise ValueError(f"invalid I/O class {spec!r}: use idle, best-effort[:0-7], realtime[:0-7] or none")
+    return IO_CLASSES[name] << _IOPRIO_CLASS_SHIFT | (int(level) if level and name != "idle" else 0)
+
+
+def set_io_priority(pid: int, spec: str) -> bool:
+    """ioprio_set(2) for a process (`ionice -c` without the program): whether it was applied. The class
+    matters with the BFQ (or CFQ) I/O scheduler; others ignore it."""
+    value = io_priority(spec)
+    number = _IOPRIO_SET.get(platform.machine())
+    if value is None or number is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, _IOPRIO_WHO_PROCESS, pid, value) != 0:
+        _log.debug("ioprio_set(%d, %s) failed: %s", pid, spec, os.strerror(ctypes.get_errno()))
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -387,6 +424,7 @@ async def run(
     check: bool = True,
     on_stderr_line: Callable[[str], None] | None = None,
     max_output: int = MAX_RUN_OUTPUT,
+    io_class: str = "",
 ) -> CompletedProcess:
     """Run a short command to completion, capturing stdout (at most `max_output` bytes).
 
@@ -413,6 +451,7 @@ async def run(
         cwd=cwd,
         on_stderr_line=on_stderr_line,
         check=check,
+        io_class=io_class,
     ) as p:
         await run_concurrently(feed(p), collect(p))
         rc = await p.wait(check=check)

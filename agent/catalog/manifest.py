@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core.core_schema import SerializerFunctionWrapHandler
 
 from agent.errors import DataLoss, InvalidArgument
@@ -96,11 +104,29 @@ class ObjectRecord:
     sha256: str | None = None  # of the original bytes
 
 
+class EncryptionInfo(_Model):
+    """`TabletAgent.Encryption`: every object is encrypted (`agent.pipeline.encryption`) under the master key
+    `KeyId` names; `ManifestHMAC` authenticates the MANIFEST's own content (`agent.catalog.encryption`)."""
+
+    key_id: str = Field(alias="KeyId")
+    cipher: str = Field(alias="Cipher")
+    chunk_size: int = Field(alias="ChunkSize")
+    manifest_hmac: str = Field(default="", alias="ManifestHMAC")
+
+
 class AgentInfo(_Model):
-    """The `TabletAgent` key: who wrote the backup and per-object hashes Vitess does not keep."""
+    """The `TabletAgent` key: who wrote the backup, per-object hashes Vitess does not keep, encryption."""
 
     version: str = Field(alias="Version")
     objects: list[StoredObject] = Field(alias="Objects", default_factory=list)
+    encryption: EncryptionInfo | None = Field(default=None, alias="Encryption")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("Encryption") is None:
+            data.pop("Encryption", None)
+        return data
 
 
 # Keys Vitess writes only for one engine: omitted from our output when unset.
@@ -152,6 +178,21 @@ class Manifest(_Model):
     stripe_block_size: int | None = Field(default=None, alias="StripeBlockSize")
     # ours
     tablet_agent: AgentInfo | None = Field(default=None, alias="TabletAgent")
+    # the JSON object it was read from (`parse_manifest`), which an encrypted backup's tag covers
+    _source: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> dict[str, Any] | None:
+        return self._source
+
+    def __eq__(self, other: object) -> bool:
+        """Equal content; where a MANIFEST was read from does not count."""
+        if not isinstance(other, Manifest):
+            return NotImplemented
+        return self.__dict__ == other.__dict__ and self.__pydantic_extra__ == other.__pydantic_extra__
+
+    def __hash__(self) -> int:
+        return hash(manifest_to_json(self))
 
     @property
     def engine(self) -> str:
@@ -225,6 +266,7 @@ def parse_manifest(data: bytes, backup: str | None = None) -> Manifest:
         raise DataLoss(f"{where} is not a JSON object")
     try:
         m = Manifest.model_validate(raw)
+        m._source = raw
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
         raise DataLoss(f"{where} is invalid: {problems}") from None

@@ -9,18 +9,19 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
-from agent.ctl.render import format_event, print_event
+from agent.ctl.render import Console, format_event, human_size, print_event
 from agent.pb import agentdata_pb2, logutil_pb2
 
 POLL_INTERVAL = 0.5
@@ -54,7 +55,7 @@ async def follow(stub: Any, events: AsyncIterator[logutil_pb2.Event], *, tty: bo
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        SpeedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
@@ -67,6 +68,14 @@ async def follow(stub: Any, events: AsyncIterator[logutil_pb2.Event], *, tty: bo
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+
+
+class SpeedColumn(ProgressColumn):
+    """The transfer rate in binary units, like the byte counts beside it (rich's own is decimal)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{human_size(speed)}/s", style="progress.data.speed")
 
 
 async def _poll_bar(stub: Any, bar: Progress, task: TaskID) -> None:

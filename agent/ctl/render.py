@@ -5,9 +5,63 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-from agent.pb import agentdata_pb2, logutil_pb2, topodata_pb2
+import rich.console
+
+from agent.pb import agentdata_pb2, logutil_pb2, topodata_pb2, vttime_pb2
 
 LEVEL_NAMES = {0: "I", 1: "W", 2: "E", 3: "C"}
+SIZE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+class Console(rich.console.Console):
+    """rich's console, but a closed pipe raises BrokenPipeError for `tabletctl` to exit quietly with
+    its own exit code (rich's default exits with 1, which means "the operation failed" here)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+def human_size(n: float) -> str:
+    """`512 B`, `1.5 KiB`, `12.0 MiB`, `3.2 GiB` (binary units)."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in SIZE_UNITS:
+        n /= 1024
+        if n < 1024 or unit == SIZE_UNITS[-1]:
+            break
+    return f"{n:.1f} {unit}"
+
+
+def human_duration(seconds: float) -> str:
+    """`8s`, `3m12s`, `1h05m`, `2d03h`."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def human_age(then: datetime, now: datetime) -> str:
+    """`45s ago`, `12m ago`, `3h ago`, `2d ago` (the largest unit only)."""
+    s = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size * (2 if unit == "d" else 1):
+            return f"{s // size}{unit} ago"
+    return f"{s}s ago"
+
+
+def pb_time(t: vttime_pb2.Time) -> datetime | None:
+    """A vttime.Time as an aware UTC datetime; None when unset (zero)."""
+    if not t.seconds and not t.nanoseconds:
+        return None
+    return datetime.fromtimestamp(t.seconds + t.nanoseconds / 1e9, UTC)
+
+
+def rfc3339(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_event(event: logutil_pb2.Event) -> str:
@@ -25,7 +79,7 @@ def _op_line(op: agentdata_pb2.Operation) -> str:
     result = agentdata_pb2.OperationResult.Name(op.result).lower()
     line = f"{op.id} {kind} {result} phase={op.phase}"
     if op.bytes_total:
-        line += f" {op.bytes_done * 100 // max(op.bytes_total, 1)}% of {op.bytes_total / 2**20:.0f} MiB"
+        line += f" {op.bytes_done * 100 // max(op.bytes_total, 1)}% of {human_size(op.bytes_total)}"
     if op.error:
         line += f" error={op.error}"
     return line

@@ -25,7 +25,7 @@ from agent.log import get_logger
 READ_ONLY_METHODS = frozenset(
     {
         "Ping", "Status", "FullStatus", "ListBackups", "WatchOperation",
-        "ReplicationStatus", "PrimaryStatus", "PrimaryPosition",
+        "ReplicationStatus", "PrimaryStatus", "PrimaryPosition", "Check",
     }
 )  # fmt: skip
 

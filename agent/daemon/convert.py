@@ -64,4 +64,7 @@ def operation_to_pb(op: Operation) -> agentdata_pb2.Operation:
         backup_name=op.backup_name,
         engine=op.engine,
         incremental=op.incremental,
+        phases=[
+            agentdata_pb2.PhaseTiming(phase=t.phase, seconds=t.seconds, bytes=t.bytes) for t in op.timings
+        ],
     )

@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
+from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -17,7 +18,15 @@ import uvloop
 
 from agent import AGENT_VERSION
 from agent.binlogs.pending import pending_binlogs
-from agent.config import IGNORED_VITESS_FLAGS, AgentConfig, build_config, canonical_key, config_keys
+from agent.catalog.encryption import keyring_from
+from agent.config import (
+    GROUP_SUFFIX_ENVS,
+    IGNORED_VITESS_FLAGS,
+    AgentConfig,
+    build_config,
+    canonical_key,
+    config_keys,
+)
 from agent.daemon.metrics import AgentMetrics
 from agent.daemon.sdnotify import SystemdNotifier
 from agent.daemon.server import AgentServer
@@ -25,10 +34,13 @@ from agent.daemon.servicer import TabletManagerServicer
 from agent.errors import AgentError, ConfigError
 from agent.log import configure_logging, get_logger
 from agent.operations import Operation
+from agent.ops.archive import ROLE, Archiver
+from agent.ops.check import check_at_start, warn_at_start
 from agent.ops.health import health_problem_kinds
 from agent.ops.restore.at_start import restore_on_start, startup_restore_params
 from agent.ops.startup import prepare_tablet
 from agent.ops.tablet_type import current_type
+from agent.pipeline.ratelimit import format_rate
 from agent.tablet import Tablet
 
 if TYPE_CHECKING:
@@ -41,7 +53,18 @@ log = get_logger("agent.daemon.main")
 
 
 class FlagParser(argparse.ArgumentParser):
+    """Exit code 2 on a bad flag, with the closest real flag names for an unknown or abbreviated one."""
+
     def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            known = sorted(s for a in self._actions for s in a.option_strings)
+            for arg in message.removeprefix(prefix).split():
+                name = arg.partition("=")[0]
+                if name.startswith("--"):
+                    guesses = [k for k in known if k.startswith(name)] or get_close_matches(name, known, 3)
+                    if guesses:
+                        message += f" (did you mean {' or '.join(guesses[:3])}? flags are not abbreviated)"
         self.exit(
             EXIT_CONFIG, f"tablet-agent: error: {message}\nrun `tablet-agent --help` for the list of flags\n"
         )
@@ -66,6 +89,7 @@ def make_parser() -> FlagParser:
         "Every flag is also a TOML key in --config and a TABLET_AGENT_<NAME> environment variable; "
         "dashes and underscores are interchangeable.",
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # `--grpc_p` must not silently mean --grpc_port
     )
     parser.add_argument("--config", type=Path, help="TOML config file")
     parser.add_argument("--version", action="version", version=f"tablet-agent {AGENT_VERSION}")
@@ -142,6 +166,24 @@ def _expand_flagfiles(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def archiver(tablet: Tablet, registration: Registration | None) -> Archiver:
+    """The binlog archiver; with a topology, the shard's archiver role decides which agent archives."""
+    role = None
+    if registration is not None:
+        from agent.topo.roles import ShardRole
+
+        config = tablet.config
+        role = ShardRole(
+            registration.global_client,
+            config.topo_global_root,
+            config.init_keyspace,
+            config.init_shard,
+            action=ROLE,
+            ttl=config.topo_lease_ttl,
+        )
+    return Archiver(tablet, role)
+
+
 async def _restore_on_start(tablet: Tablet) -> None:
     try:
         await restore_on_start(tablet)
@@ -149,12 +191,15 @@ async def _restore_on_start(tablet: Tablet) -> None:
         log.error("--restore_from_backup: the restore could not start", error=str(e))
 
 
-async def serve(config: AgentConfig) -> int:
+async def serve(config: AgentConfig, argv: Sequence[str] | None = None) -> int:
     notifier = SystemdNotifier()
     if config.restore_from_backup:
         startup_restore_params(config)  # flags that cannot be read end the start with exit 2
+    await check_at_start(config)  # set-up mistakes end the start here (exit 2, with the fix)
     tablet = Tablet.create(config)
+    log_protection(tablet)
     await prepare_tablet(tablet)
+    await warn_at_start(tablet)
     server = AgentServer(TabletManagerServicer(tablet), config)
     port = await server.start(config)
     log.info(
@@ -165,7 +210,9 @@ async def serve(config: AgentConfig) -> int:
         address=f"{config.grpc_bind_address}:{port}",
         version=AGENT_VERSION,
     )
-    metrics = AgentMetrics(tablet.runner, tablet.summary, tablet.backups_removed)
+    metrics = AgentMetrics(
+        tablet.runner, tablet.summary, tablet.archive, config.binlog_archive_interval, tablet.backups_removed
+    )
     if config.metrics_port:
         metrics_port = metrics.serve(config.metrics_bind_address, config.metrics_port)
         log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
@@ -177,13 +224,20 @@ async def serve(config: AgentConfig) -> int:
     ]
     if config.restore_from_backup:
         background.append(asyncio.create_task(_restore_on_start(tablet)))
+    if config.binlog_archive_interval:
+        background.append(asyncio.create_task(archiver(tablet, registration).run()))
     notifier.notify("READY=1", f"STATUS=serving on {config.grpc_bind_address}:{port}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+
+    def reload() -> None:
+        server.reload()
+        reload_limits(tablet, argv)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     watchdog = asyncio.create_task(notifier.run_watchdog())
     await stop.wait()
 
@@ -203,6 +257,41 @@ async def serve(config: AgentConfig) -> int:
         await watchdog
     log.info("stopped")
     return 0
+
+
+def log_protection(tablet: Tablet) -> None:
+    """Check the key files now (exit 2 naming a bad one) and log their key ids and the I/O limits."""
+    config = tablet.config
+    keyring = keyring_from(config)
+    if keyring.current is not None:
+        log.info("new backups are encrypted", key_id=keyring.current.key_id, key_file=keyring.current.source)
+    for key in keyring.keys:
+        if key is not keyring.current:
+            log.info("decryption key", key_id=key.key_id, key_file=key.source)
+    limits = tablet.limits
+    log.info(
+        "I/O limits",
+        backup_max_rate=format_rate(limits.disk),
+        storage_max_rate=format_rate(limits.storage),
+        backup_io_class=limits.io_class,
+    )
+
+
+def reload_limits(tablet: Tablet, argv: Sequence[str] | None) -> None:
+    """SIGHUP: the rate limits and the I/O class from the configuration as it is now (file, environment,
+    flags: `argv` as the daemon was started with), applied to running operations too."""
+    try:
+        config = parse_config(argv) if argv is not None else tablet.config
+    except ConfigError as e:
+        log.error("limits not reloaded: keeping the old ones", error=str(e))
+        return
+    tablet.limits.reload(config.backup_max_rate, config.storage_max_rate, config.backup_io_class)
+    log.info(
+        "I/O limits reloaded",
+        backup_max_rate=format_rate(config.backup_max_rate),
+        storage_max_rate=format_rate(config.storage_max_rate),
+        backup_io_class=config.backup_io_class,
+    )
 
 
 async def register(tablet: Tablet, port: int) -> Registration | None:
@@ -315,6 +404,15 @@ async def track_health(tablet: Tablet, metrics: AgentMetrics) -> None:
         await asyncio.sleep(HEALTH_INTERVAL)
 
 
+def export_group_suffix(config: AgentConfig, environ: MutableMapping[str, str]) -> None:
+    """Make the programs the agent starts (mariadbd, mariabackup) read the option groups it reads."""
+    for name in GROUP_SUFFIX_ENVS:
+        if config.mycnf_group_suffix:
+            environ[name] = config.mycnf_group_suffix
+        else:
+            environ.pop(name, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -322,13 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tablet-agent: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    export_group_suffix(config, os.environ)
     configure_logging(config.log_format, config.log_level)
     for name in config.ignored_flags:
         log.warning(
             f"--{name} is accepted for vttablet compatibility and ignored: {IGNORED_VITESS_FLAGS[name]}"
         )
     try:
-        return uvloop.run(serve(config))
+        return uvloop.run(serve(config, argv))
     except ConfigError as e:
         log.error("configuration error", error=str(e))
         print(f"tablet-agent: error: {e}", file=sys.stderr)

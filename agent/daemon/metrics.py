@@ -22,6 +22,7 @@ from agent.catalog.summary import BackupSummary, stored_size
 from agent.errors import ConfigError
 from agent.operations import Kind, Operation, OperationRunner, Result
 from agent.ops.health import PROBLEM_KINDS
+from agent.tablet import ArchiveState
 
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
 
@@ -40,6 +41,18 @@ class _Current(Collector):
         for kind in Kind:
             running.add_metric([kind.value], 1.0 if current is not None and current.kind is kind else 0.0)
         yield running
+        archive = self._m.archive
+        if archive is not None:
+            yield GaugeMetricFamily(
+                "tablet_agent_binlog_archive_gap",
+                "1 while binlogs were purged before they were archived (point-in-time restores cannot cross it)",
+                value=1.0 if archive.gap else 0.0,
+            )
+            yield GaugeMetricFamily(
+                "tablet_agent_binlog_archiving",
+                "1 while this agent archives the shard's binlogs",
+                value=1.0 if archive.active else 0.0,
+            )
         verification = self._m.summary.newest.full_verification if self._m.summary is not None else None
         if verification is not None and verification.ok:
             yield GaugeMetricFamily(
@@ -54,11 +67,6 @@ class _Current(Collector):
                 value=self._m.binlog_files_pending,
             )
         yield from self._backups()
-        yield GaugeMetricFamily(
-            "tablet_agent_binlog_archive_interval_seconds",
-            "how often binlogs are archived continuously (0: archiving is off)",
-            value=self._m.binlog_archive_interval,
-        )
         removed = CounterMetricFamily(
             "tablet_agent_backups_removed",
             "backups removed (by retention or RemoveBackup), by type",
@@ -124,15 +132,17 @@ class AgentMetrics:
         self,
         runner: OperationRunner,
         summary: BackupSummary | None = None,
+        archive: ArchiveState | None = None,
+        archive_interval: float = 0.0,
         backups_removed: Tally[str] | None = None,
     ) -> None:
         self.runner = runner
         self.summary = summary
+        self.archive = archive
         self.backups_removed: Tally[str] = backups_removed if backups_removed is not None else Tally()
         self.registry = CollectorRegistry()
         self.binlog_files_pending: int | None = None
         self.health_problems: set[str] | None = None  # kinds present, refreshed by the daemon
-        self.binlog_archive_interval = 0.0  # set when continuous binlog archiving is configured
         r = self.registry
         self.operations = Counter(
             "tablet_agent_operations", "finished operations", ["kind", "engine", "result"], registry=r
@@ -156,7 +166,20 @@ class AgentMetrics:
             ["type"],
             registry=r,
         )
+        self.phases = Histogram(
+            "tablet_agent_phase_duration_seconds",
+            "duration of the phases of finished operations",
+            ["kind", "phase"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter("tablet_agent_errors", "failed operations by gRPC status", ["code"], registry=r)
+        interval = Gauge(
+            "tablet_agent_binlog_archive_interval_seconds",
+            "--binlog_archive_interval (0: continuous archiving is off)",
+            registry=r,
+        )
+        interval.set(archive_interval)
         r.register(_Current(self))
         self._server: Any = None
         runner.on_finish(self.observe)
@@ -165,6 +188,8 @@ class AgentMetrics:
         if op.dry_run:
             return  # a dry-run restore checks; it restores nothing
         engine = op.engine or "unknown"
+        for timing in op.timings:
+            self.phases.labels(op.kind.value, timing.phase).observe(timing.seconds)
         self.operations.labels(op.kind.value, engine, op.result.value).inc()
         self.bytes.labels(op.kind.value, engine, op.result.value).inc(op.bytes_done)
         if op.ended is not None:

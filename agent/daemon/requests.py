@@ -80,6 +80,11 @@ def backup_params(req: tabletmanagerdata_pb2.BackupRequest, config: AgentConfig)
             timeout=init_timeout,
             fail_on_error=init.fail_on_error,
         )
+    for name in ("backup_max_rate", "storage_max_rate"):
+        if getattr(req, name) < 0:
+            raise InvalidArgument(
+                f"{name}: {getattr(req, name)} is negative; use bytes/s (0: the configured limit)"
+            )
     return BackupParams(
         concurrency=req.concurrency or config.concurrency,
         allow_primary=req.allow_primary,
@@ -90,6 +95,8 @@ def backup_params(req: tabletmanagerdata_pb2.BackupRequest, config: AgentConfig)
         engine=engine,
         mysql_shutdown_timeout=timeout,
         init_sql=init_sql,
+        max_disk_rate=req.backup_max_rate or None,
+        max_storage_rate=req.storage_max_rate or None,
     )
 
 

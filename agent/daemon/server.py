@@ -37,6 +37,7 @@ class AgentServer:
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.so_reuseport", 0),  # a second agent on the same port must fail, not share it
             ],
         )
         tabletmanagerservice_pb2_grpc.add_TabletManagerServicer_to_server(servicer, self.server)
@@ -54,10 +55,13 @@ class AgentServer:
 
     async def start(self, config: AgentConfig) -> int:
         address = f"{config.grpc_bind_address}:{config.grpc_port}"
-        if self.certificates is not None:
-            port = self.server.add_secure_port(address, self.certificates.credentials())
-        else:
-            port = self.server.add_insecure_port(address)
+        try:
+            if self.certificates is not None:
+                port = self.server.add_secure_port(address, self.certificates.credentials())
+            else:
+                port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.5x: "Failed to bind to address"
+            port = 0
         if port == 0:
             raise ConfigError(
                 f"cannot listen on {address}: the port is in use or the address is not local; "

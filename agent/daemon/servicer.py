@@ -21,12 +21,18 @@ from agent.errors import AgentError
 from agent.log import get_logger
 from agent.operations import Operation, error_status
 from agent.ops.backup import start_backup
+from agent.ops.check import State, run_checks
 from agent.ops.restore.run import discard_previous, start_restore
 from agent.ops.verify import start_verify
 from agent.pb import agentdata_pb2, tabletmanagerdata_pb2, tabletmanagerservice_pb2_grpc
 from agent.tablet import Tablet
 
 log = get_logger("agent.daemon.servicer")
+CHECK_STATES = {
+    State.OK: agentdata_pb2.CHECK_OK,
+    State.WARN: agentdata_pb2.CHECK_WARN,
+    State.FAIL: agentdata_pb2.CHECK_FAIL,
+}
 T = TypeVar("T")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -163,6 +169,20 @@ class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer)
 
         return await _call(context, discard)
 
+    async def Check(self, request: agentdata_pb2.CheckRequest, context: Ctx) -> agentdata_pb2.CheckResponse:
+        async def check() -> agentdata_pb2.CheckResponse:
+            results = await run_checks(self.tablet)
+            return agentdata_pb2.CheckResponse(
+                results=[
+                    agentdata_pb2.CheckResult(
+                        name=r.name, state=CHECK_STATES[r.state], detail=r.detail, fix=r.fix
+                    )
+                    for r in results
+                ]
+            )
+
+        return await _call(context, check)
+
     async def WatchOperation(
         self, request: agentdata_pb2.WatchOperationRequest, context: Ctx
     ) -> AsyncIterator[agentdata_pb2.WatchOperationResponse]:
@@ -172,6 +192,8 @@ class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer)
         op = await _call(context, get)
         async for event in op.watch():
             yield agentdata_pb2.WatchOperationResponse(
-                event=convert.event_to_pb(event), operation=convert.operation_to_pb(op)
+                event=convert.event_to_pb(event),
+                operation=convert.operation_to_pb(op),
+                fields={k: str(v) for k, v in event.fields.items()},
             )
         yield agentdata_pb2.WatchOperationResponse(operation=convert.operation_to_pb(op))

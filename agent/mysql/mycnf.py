@@ -6,6 +6,9 @@ relative paths are relative to the datadir (mysqld chdirs there), and log names 
 file's stem: `<datadir>/<hostname>.pid`, bare `log_bin` = `<datadir>/<stem>-bin`, relay log
 `<datadir>/<stem>-relay-bin` (`log_basename` replaces the stem). A binlog name loses its extension,
 an index gets `.index`, a pid file or error log without extension gets `.pid`/`.err`.
+A group suffix (mysqld's `--defaults-group-suffix`, `$MARIADB_GROUP_SUFFIX`; Debian's `mariadb@<i>.service`
+passes `.<i>`) adds the suffixed twin of every group read (`[mysqld.<i>]`, `[server.<i>]`, `[client.<i>]`,
+...; names compare case-insensitively), still applied in file order with the plain groups.
 Not modelled: MySQL 8's binlog-on-by-default (set `log_bin` explicitly there).
 """
 
@@ -64,15 +67,18 @@ class MyCnf:
     client: ClientOptions = field(default_factory=ClientOptions)
 
 
-def read_mycnf(path: Path) -> MyCnf:
-    """Parse the tablet mysqld's option file. Raises ConfigError with the fix in the message."""
+def read_mycnf(path: Path, group_suffix: str = "") -> MyCnf:
+    """Parse the tablet mysqld's option file, with the groups of `group_suffix` too (mysqld's
+    `--defaults-group-suffix`). Raises ConfigError with the fix in the message."""
     options = _read_options(path, "--mycnf_file", "point it at the tablet mysqld's option file")
-    server = _last_values(options, _is_server_group)
+    suffix = group_suffix.lower()
+    server = _last_values(options, lambda g: _is_server_group(_unsuffixed(g, suffix)))
     datadir_value = server.get("datadir")
     if not datadir_value:
+        groups = "[mysqld], [mariadb], [server]" + (f", [mysqld{group_suffix}], ..." if suffix else "")
+        hint = "" if suffix else "; for an instance's [mysqld.<i>] groups set --mycnf_group_suffix=.<i>"
         raise ConfigError(
-            f"{path} sets no datadir in a server group ([mysqld], [mariadb], [server]): "
-            "add datadir=<the tablet's data directory>"
+            f"{path} sets no datadir in a server group ({groups}): add datadir=<the tablet's data directory>{hint}"
         )
     datadir = _normalize(Path(datadir_value).expanduser())
     if not datadir.is_absolute():
@@ -127,7 +133,7 @@ def read_mycnf(path: Path) -> MyCnf:
         innodb_data_file_path=server.get("innodb_data_file_path") or "ibdata1:12M:autoextend",
         innodb_undo_directory=optional_path("innodb_undo_directory") or datadir,
         server_id=1 if server_id is None else server_id,
-        client=_client_options(options, path),
+        client=_client_options(options, path, suffix),
     )
 
 
@@ -137,8 +143,8 @@ def read_client_options(path: Path, flag: str) -> ClientOptions:
     return _client_options(options, path)
 
 
-def _client_options(options: list[Option], path: Path) -> ClientOptions:
-    client = _last_values(options, lambda g: g in CLIENT_GROUPS)
+def _client_options(options: list[Option], path: Path, suffix: str = "") -> ClientOptions:
+    client = _last_values(options, lambda g: _unsuffixed(g, suffix) in CLIENT_GROUPS)
     sock = client.get("socket")
     return ClientOptions(
         user=client.get("user") or None,
@@ -232,6 +238,11 @@ def _unquote(value: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def _unsuffixed(group: str, suffix: str) -> str:
+    """`mysqld.inst1` -> `mysqld` for suffix `.inst1` (both groups are read); other names unchanged."""
+    return group[: -len(suffix)] if suffix and group.endswith(suffix) else group
 
 
 def _is_server_group(group: str) -> bool:

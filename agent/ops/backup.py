@@ -11,13 +11,14 @@ import socket
 from datetime import UTC, datetime
 
 from agent import AGENT_VERSION
-from agent.aio.tasks import complete
+from agent.aio.tasks import complete, in_thread
+from agent.catalog.encryption import backup_cipher, seal_manifest
 from agent.catalog.listing import BackupEntry, list_backup_entries, write_manifest
 from agent.catalog.manifest import AgentInfo, Manifest, backup_name, format_time, looks_like_backup_name
 from agent.catalog.verification import Depth
 from agent.config import VerifyMode
 from agent.errors import AgentError, DataLoss, FailedPrecondition
-from agent.mysql.gtid import parse_position
+from agent.mysql.gtid import Flavor, parse_position
 from agent.operations import Kind, Operation
 from agent.ops.codecs import codec_for_backup, compression_fields
 from agent.ops.expire import expire_after_backup
@@ -28,20 +29,25 @@ from agent.storage.base import BackupHandle
 from agent.storage.recording import RecordingHandle
 from agent.tablet import Tablet
 from engines import engine_for_backup
-from engines.base import BackupContext, Engine, IncrementalSource
+from engines.base import BackupContext, BackupOutcome, Engine, IncrementalSource
 
 NAME_ATTEMPTS = 3
 
 
-async def start_backup(tablet: Tablet, params: BackupParams) -> Operation:
-    """Check the request against the tablet, then start the backup as an operation."""
+async def start_backup(tablet: Tablet, params: BackupParams, *, background: bool = False) -> Operation:
+    """Check the request against the tablet, then start the backup as an operation. `background`: the
+    agent's own (binlog archiving); requests wait for such a one to end rather than being refused."""
     check_backup_allowed(tablet, params.allow_primary)
+    if not background:
+        await tablet.runner.wait_for_background()
     engine = engine_for_backup(params, tablet.config)
 
     async def work(op: Operation) -> None:
         await run_backup(tablet, params, engine, op)
 
-    return tablet.runner.start(Kind.BACKUP, work, engine=engine.name, incremental=params.incremental)
+    return tablet.runner.start(
+        Kind.BACKUP, work, engine=engine.name, incremental=params.incremental, background=background
+    )
 
 
 async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: Operation) -> None:
@@ -55,6 +61,9 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
     op.info(f"starting {engine.name} backup {directory}/{name} to {tablet.storage.describe()}")
     try:
         codec = codec_for_backup(config)
+        cipher = backup_cipher(config, name)
+        if cipher is not None:
+            op.info(f"every object is encrypted (AES-256-GCM) under key id {cipher.key.key_id}")
         source = await incremental_source(tablet, params) if params.incremental else None
         ctx = BackupContext(
             mycnf=tablet.mycnf,
@@ -66,6 +75,8 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
             op=op,
             handle=handle,
             incremental_from=source,
+            cipher=cipher,
+            limits=tablet.limits.for_operation(params.max_disk_rate, params.max_storage_rate),
         )
         outcome = await engine.backup(ctx)
         op.set_phase("checking the stored objects")
@@ -77,15 +88,16 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
                 f"{tablet.storage.describe()} and take the backup again"
             )
         op.set_phase("writing MANIFEST")
+        purged, server_uuid = vitess_server_fields(outcome)
         manifest = Manifest(
             BackupName=name,
             Position=outcome.position,
-            PurgedPosition=outcome.purged_position,
+            PurgedPosition=purged,
             BackupTime=format_time(started),
             FinishedTime=format_time(datetime.now(UTC)),
-            ServerUUID=outcome.server_uuid,
+            ServerUUID=server_uuid,
             TabletAlias=tablet.alias,
-            Hostname=socket.gethostname(),
+            Hostname=await in_thread(qualified_hostname),
             Keyspace=config.init_keyspace,
             Shard=config.init_shard,
             MySQLVersion=outcome.mysql_version,
@@ -99,6 +111,7 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
                 **outcome.manifest_fields,
             },
         )
+        manifest = seal_manifest(manifest, cipher)  # with its tag, when encrypted
         await write_manifest(handle, manifest)
         await handle.end()
     except BaseException as error:
@@ -196,3 +209,18 @@ async def run_init_sql(tablet: Tablet, init: InitSQL, op: Operation) -> None:
         op.warning(f"init_sql failed: {reason}; backing up anyway (fail_on_error is off)")
         return
     op.info(f"init_sql: {len(init.queries)} quer{'y' if len(init.queries) == 1 else 'ies'} run")
+
+
+def vitess_server_fields(outcome: BackupOutcome) -> tuple[str, str]:
+    """PurgedPosition and ServerUUID as Vitess fills them: MySQL's `@@gtid_purged` and `@@server_uuid`;
+    both empty on MariaDB (Vitess's MariaDB flavor reports neither)."""
+    if outcome.position and parse_position(outcome.position).flavor is Flavor.MARIADB:
+        return "", ""
+    return outcome.purged_position, outcome.server_uuid
+
+
+def qualified_hostname() -> str:
+    """The fully qualified name, as Vitess writes it; the plain host name when the resolver only
+    knows an unqualified one (such as `localhost` for 127.0.0.1)."""
+    fqdn = socket.getfqdn()
+    return fqdn if "." in fqdn else socket.gethostname()

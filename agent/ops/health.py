@@ -33,6 +33,8 @@ PROBLEM_KINDS = (
     "not_replicating_after_restore",
     "insecure_grpc",
     "expiry_failed",
+    "binlog_archive_gap",
+    "binlog_archive_failed",
 )
 
 
@@ -102,6 +104,11 @@ def health_problem_kinds(tablet: Tablet, state: MysqldState) -> list[tuple[str, 
                 "(START SLAVE) once it should follow its source",
             )
         )
+    archive = tablet.archive
+    if archive.gap:
+        problems.append(("binlog_archive_gap", archive.gap))
+    if archive.active and archive.problem:
+        problems.append(("binlog_archive_failed", archive.problem))
     if config.grpc_cert is None and not is_loopback(config.grpc_bind_address):
         problems.append(
             ("insecure_grpc", f"INSECURE: plaintext gRPC on {config.grpc_bind_address} (--grpc_insecure)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.aio.tasks import in_thread
 from agent.catalog.listing import read_manifest
-from agent.errors import AgentError, NotFound
+from agent.errors import AgentError, ConfigError, NotFound
 from agent.log import get_logger
 from agent.mysql import replication
 from agent.mysql.replication import ReadOnlyState, ReplicationSnapshot
@@ -65,6 +65,11 @@ async def prepare_tablet(tablet: Tablet) -> None:
     except AgentError as e:
         creds = tablet.credentials
         where = creds.socket or f"{creds.host}:{creds.port}"
+        if await tablet.client.ping():  # it answers but refuses us: waiting will not fix that
+            raise ConfigError(
+                f"mysqld at {where} refuses the agent's account {creds.user!r}: {e}; fix the password or "
+                "grants (the [client] group of --mycnf_file / --db_credentials_file, TABLET_AGENT_DB_PASSWORD)"
+            ) from None
         log.warning(
             f"mysqld does not answer at {where} as {creds.user!r} yet: serving anyway; start mysqld "
             f"(e.g. `mariadbd --defaults-file={tablet.mycnf.path}`) or fix the [client] group of "

@@ -27,9 +27,10 @@ from agent.mysql.gtid import MariaDBGTIDSet, parse_position
 from agent.mysql.scratch import ScratchDirs, check_tables, scratch_mysqld
 from agent.operations import Kind, Operation
 from agent.ops.restore.preflight import PlannedBackup, check_space, plan_backups, space_needs
+from agent.pipeline.encryption import opener_for
 from agent.pipeline.load import DecodedStream
 from agent.tablet import Tablet
-from engines.base import RestoreContext, RestoreTargets
+from engines.base import RestoreTargets
 from engines.binlog import binlog_files
 
 MAX_PROBLEMS = 100
@@ -50,6 +51,7 @@ async def start_verify(tablet: Tablet, names: Sequence[str], all_backups: bool, 
             raise DataLoss(f"{len(bad)} of {len(entries)} backup(s) failed verification: {summary}")
         op.info(f"{len(entries)} backup(s) verified ({depth}): all good")
 
+    await tablet.runner.wait_for_background()
     return tablet.runner.start(Kind.VERIFY, work)
 
 
@@ -84,7 +86,7 @@ async def _chosen(tablet: Tablet, names: Sequence[str], all_backups: bool) -> li
 async def verify_backup(tablet: Tablet, entry: BackupEntry, depth: Depth, op: Operation) -> Verification:
     """Verify one backup, store the result beside it and report it in the operation's log."""
     where = f"{entry.directory}/{entry.name}"
-    op.set_phase(f"verifying {entry.name} ({depth})")
+    op.set_phase(f"verifying ({depth})", entry.name)
     problems: list[str] = []
     n_objects = n_bytes = 0
     try:
@@ -129,6 +131,7 @@ async def verify_objects(plan: PlannedBackup, op: Operation, concurrency: int) -
             expected_crc32_hex=record.crc32,
             expected_sha256_hex=record.sha256,
             name=plan.object_path(record),
+            opener=opener_for(plan.cipher, record.name, plan.object_path(record)),
         )
         n = 0
         try:
@@ -167,18 +170,8 @@ async def _deep(tablet: Tablet, plan: PlannedBackup, op: Operation) -> list[str]
             check_space(needs)
         except AgentError as e:
             raise FailedPrecondition(f"deep verification restores a copy under {root}: {e}") from None
-        op.set_phase(f"verifying {plan.entry.name}: restoring into a scratch directory")
-        ctx = RestoreContext(
-            mycnf=tablet.mycnf,
-            targets=targets,
-            work_dir=root / "work",
-            codec=plan.codec,
-            op=op,
-            handle=plan.entry.handle,
-            manifest=plan.manifest,
-            concurrency=tablet.config.restore_concurrency,
-        )
-        await plan.engine.restore(ctx)
+        op.set_phase("verifying: restoring into a scratch directory", plan.entry.name)
+        await plan.engine.restore(plan.context(tablet, targets, root / "work", op))
         if plan.manifest.incremental:
             return await in_thread(_decode_binlogs, binlog_files(plan.manifest, root / "binlogs"))
         return await _start_and_check(tablet, plan, root, op)
@@ -211,7 +204,7 @@ async def _start_and_check(tablet: Tablet, plan: PlannedBackup, root: Path, op: 
     position = parse_position(plan.manifest.position) if plan.manifest.position else None
     if position is not None and isinstance(position.gtids, MariaDBGTIDSet):
         await in_thread(write_binlog_state, root / "binlogs", "binlog", position.gtids)
-    op.set_phase(f"verifying {plan.entry.name}: starting a scratch mysqld")
+    op.set_phase("verifying: starting a scratch mysqld", plan.entry.name)
     async with scratch_mysqld(tablet.mycnf, dirs, root) as client:
         problems = []
         if position is not None:
@@ -221,6 +214,6 @@ async def _start_and_check(tablet: Tablet, plan: PlannedBackup, root: Path, op: 
                 problems.append(
                     f"the restored server is at position {reached}, not the MANIFEST's {position}"
                 )
-        op.set_phase(f"verifying {plan.entry.name}: CHECK TABLE")
+        op.set_phase("verifying: CHECK TABLE", plan.entry.name)
         problems += await check_tables(client)
         return problems

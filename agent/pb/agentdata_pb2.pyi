@@ -66,6 +66,29 @@ NOTHING_TO_DO: OperationResult.ValueType  # 5
 """Nothing to do (e.g. an incremental backup with no new transactions): not a failure."""
 Global___OperationResult: _TypeAlias = OperationResult  # noqa: Y015
 
+class _CheckState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CheckStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHECK_STATE_UNSPECIFIED: _CheckState.ValueType  # 0
+    CHECK_OK: _CheckState.ValueType  # 1
+    CHECK_WARN: _CheckState.ValueType  # 2
+    """works, but not as recommended, or not checked"""
+    CHECK_FAIL: _CheckState.ValueType  # 3
+    """a backup or a restore would fail"""
+
+class CheckState(_CheckState, metaclass=_CheckStateEnumTypeWrapper): ...
+
+CHECK_STATE_UNSPECIFIED: CheckState.ValueType  # 0
+CHECK_OK: CheckState.ValueType  # 1
+CHECK_WARN: CheckState.ValueType  # 2
+"""works, but not as recommended, or not checked"""
+CHECK_FAIL: CheckState.ValueType  # 3
+"""a backup or a restore would fail"""
+Global___CheckState: _TypeAlias = CheckState  # noqa: Y015
+
 @_typing.final
 class Operation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -84,6 +107,7 @@ class Operation(_message.Message):
     BACKUP_NAME_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
     INCREMENTAL_FIELD_NUMBER: _builtins.int
+    PHASES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___OperationKind.ValueType
     phase: _builtins.str
@@ -100,6 +124,10 @@ class Operation(_message.Message):
     def start_time(self) -> _vttime_pb2.Time: ...
     @_builtins.property
     def end_time(self) -> _vttime_pb2.Time: ...
+    @_builtins.property
+    def phases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PhaseTiming]:
+        """The phases so far, in order, with how long each took and the bytes it moved."""
+
     def __init__(
         self,
         *,
@@ -117,14 +145,40 @@ class Operation(_message.Message):
         backup_name: _builtins.str = ...,
         engine: _builtins.str = ...,
         incremental: _builtins.bool = ...,
+        phases: _abc.Iterable[Global___PhaseTiming] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_name", b"backup_name", "bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "end_time", b"end_time", "engine", b"engine", "error", b"error", "eta_seconds", b"eta_seconds", "id", b"id", "incremental", b"incremental", "kind", b"kind", "phase", b"phase", "rate_bytes_per_second", b"rate_bytes_per_second", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_name", b"backup_name", "bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "end_time", b"end_time", "engine", b"engine", "error", b"error", "eta_seconds", b"eta_seconds", "id", b"id", "incremental", b"incremental", "kind", b"kind", "phase", b"phase", "phases", b"phases", "rate_bytes_per_second", b"rate_bytes_per_second", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
+@_typing.final
+class PhaseTiming(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    phase: _builtins.str
+    seconds: _builtins.float
+    bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        phase: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "phase", b"phase", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhaseTiming: _TypeAlias = PhaseTiming  # noqa: Y015
 
 @_typing.final
 class ReplicationState(_message.Message):
@@ -393,16 +447,20 @@ class ListBackupsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BACKUPS_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    directory: _builtins.str
+    """`<keyspace>/<shard>`: where the listed backups live in the storage"""
     @_builtins.property
     def backups(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackupInfo]: ...
     def __init__(
         self,
         *,
         backups: _abc.Iterable[Global___BackupInfo] | None = ...,
+        directory: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups", b"backups"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups", b"backups", "directory", b"directory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,21 +572,47 @@ Global___WatchOperationRequest: _TypeAlias = WatchOperationRequest  # noqa: Y015
 class WatchOperationResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     EVENT_FIELD_NUMBER: _builtins.int
     OPERATION_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _logutil_pb2.Event: ...
     @_builtins.property
     def operation(self) -> Global___Operation: ...
+    @_builtins.property
+    def fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The event's structured fields (phase, file, bytes, total, rate, ...), as text."""
+
     def __init__(
         self,
         *,
         event: _logutil_pb2.Event | None = ...,
         operation: Global___Operation | None = ...,
+        fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "operation", b"operation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "operation", b"operation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "fields", b"fields", "operation", b"operation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -623,6 +707,74 @@ class DiscardPreviousResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DiscardPreviousResponse: _TypeAlias = DiscardPreviousResponse  # noqa: Y015
+
+@_typing.final
+class CheckRequest(_message.Message):
+    """Check: the agent's set-up, checked as a backup and a restore would need it (`tabletctl check`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckRequest: _TypeAlias = CheckRequest  # noqa: Y015
+
+@_typing.final
+class CheckResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    FIX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """e.g. "storage", "xtrabackup grants" """
+    state: Global___CheckState.ValueType
+    detail: _builtins.str
+    """what was found"""
+    fix: _builtins.str
+    """what to do about it (empty when OK)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: Global___CheckState.ValueType = ...,
+        detail: _builtins.str = ...,
+        fix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "fix", b"fix", "name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckResult: _TypeAlias = CheckResult  # noqa: Y015
+
+@_typing.final
+class CheckResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CheckResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckResponse: _TypeAlias = CheckResponse  # noqa: Y015
 
 @_typing.final
 class ExpireBackupsRequest(_message.Message):

@@ -28,7 +28,7 @@ from agent.pb import topodata_pb2 as agent_dot_pb_dot_topodata__pb2
 from agent.pb import vttime_pb2 as agent_dot_pb_dot_vttime__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agent/pb/tabletmanagerdata.proto\x12\x11tabletmanagerdata\x1a\x16\x61gent/pb/logutil.proto\x1a\x1e\x61gent/pb/replicationdata.proto\x1a\x17\x61gent/pb/topodata.proto\x1a\x15\x61gent/pb/vttime.proto\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\t\"\x1f\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\t\"\xad\x03\n\rBackupRequest\x12\x13\n\x0b\x63oncurrency\x18\x01 \x01(\x05\x12\x15\n\rallow_primary\x18\x02 \x01(\x08\x12\x1c\n\x14incremental_from_pos\x18\x03 \x01(\t\x12\x14\n\x0cupgrade_safe\x18\x04 \x01(\x08\x12\x1a\n\rbackup_engine\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x30\n\x16mysql_shutdown_timeout\x18\x06 \x01(\x0b\x32\x10.vttime.Duration\x12:\n\x08init_sql\x18\x07 \x01(\x0b\x32(.tabletmanagerdata.BackupRequest.InitSQL\x12\x1d\n\x14\x63\x61ncel_on_disconnect\x18\xe8\x07 \x01(\x08\x1a\x80\x01\n\x07InitSQL\x12\x0f\n\x07queries\x18\x01 \x03(\t\x12*\n\x0ctablet_types\x18\x02 \x03(\x0e\x32\x14.topodata.TabletType\x12!\n\x07timeout\x18\x03 \x01(\x0b\x32\x10.vttime.Duration\x12\x15\n\rfail_on_error\x18\x04 \x01(\x08\x42\x10\n\x0e_backup_engine\"/\n\x0e\x42\x61\x63kupResponse\x12\x1d\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0e.logutil.Event\"\x91\x02\n\x18RestoreFromBackupRequest\x12!\n\x0b\x62\x61\x63kup_time\x18\x01 \x01(\x0b\x32\x0c.vttime.Time\x12\x16\n\x0erestore_to_pos\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12*\n\x14restore_to_timestamp\x18\x04 \x01(\x0b\x32\x0c.vttime.Time\x12\x1e\n\x16\x61llowed_backup_engines\x18\x05 \x03(\t\x12\x1d\n\x14\x63\x61ncel_on_disconnect\x18\xe8\x07 \x01(\x08\x12\x19\n\x10restore_in_place\x18\xe9\x07 \x01(\x08\x12#\n\x1arestore_over_existing_data\x18\xea\x07 \x01(\x08\":\n\x19RestoreFromBackupResponse\x12\x1d\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0e.logutil.Event\"\x1a\n\x18ReplicationStatusRequest\"D\n\x19ReplicationStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.replicationdata.Status\"\x16\n\x14PrimaryStatusRequest\"G\n\x15PrimaryStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.replicationdata.PrimaryStatus\"\x18\n\x16PrimaryPositionRequest\"+\n\x17PrimaryPositionResponse\x12\x10\n\x08position\x18\x01 \x01(\t\"\x18\n\x16StopReplicationRequest\"\x19\n\x17StopReplicationResponse\"+\n\x17StartReplicationRequest\x12\x10\n\x08semiSync\x18\x01 \x01(\x08\"\x1a\n\x18StartReplicationResponse\"\x13\n\x11\x46ullStatusRequest\"A\n\x12\x46ullStatusResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.replicationdata.FullStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agent/pb/tabletmanagerdata.proto\x12\x11tabletmanagerdata\x1a\x16\x61gent/pb/logutil.proto\x1a\x1e\x61gent/pb/replicationdata.proto\x1a\x17\x61gent/pb/topodata.proto\x1a\x15\x61gent/pb/vttime.proto\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\t\"\x1f\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\t\"\xe2\x03\n\rBackupRequest\x12\x13\n\x0b\x63oncurrency\x18\x01 \x01(\x05\x12\x15\n\rallow_primary\x18\x02 \x01(\x08\x12\x1c\n\x14incremental_from_pos\x18\x03 \x01(\t\x12\x14\n\x0cupgrade_safe\x18\x04 \x01(\x08\x12\x1a\n\rbackup_engine\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x30\n\x16mysql_shutdown_timeout\x18\x06 \x01(\x0b\x32\x10.vttime.Duration\x12:\n\x08init_sql\x18\x07 \x01(\x0b\x32(.tabletmanagerdata.BackupRequest.InitSQL\x12\x1d\n\x14\x63\x61ncel_on_disconnect\x18\xe8\x07 \x01(\x08\x12\x18\n\x0f\x62\x61\x63kup_max_rate\x18\xeb\x07 \x01(\x03\x12\x19\n\x10storage_max_rate\x18\xec\x07 \x01(\x03\x1a\x80\x01\n\x07InitSQL\x12\x0f\n\x07queries\x18\x01 \x03(\t\x12*\n\x0ctablet_types\x18\x02 \x03(\x0e\x32\x14.topodata.TabletType\x12!\n\x07timeout\x18\x03 \x01(\x0b\x32\x10.vttime.Duration\x12\x15\n\rfail_on_error\x18\x04 \x01(\x08\x42\x10\n\x0e_backup_engine\"/\n\x0e\x42\x61\x63kupResponse\x12\x1d\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0e.logutil.Event\"\x91\x02\n\x18RestoreFromBackupRequest\x12!\n\x0b\x62\x61\x63kup_time\x18\x01 \x01(\x0b\x32\x0c.vttime.Time\x12\x16\n\x0erestore_to_pos\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12*\n\x14restore_to_timestamp\x18\x04 \x01(\x0b\x32\x0c.vttime.Time\x12\x1e\n\x16\x61llowed_backup_engines\x18\x05 \x03(\t\x12\x1d\n\x14\x63\x61ncel_on_disconnect\x18\xe8\x07 \x01(\x08\x12\x19\n\x10restore_in_place\x18\xe9\x07 \x01(\x08\x12#\n\x1arestore_over_existing_data\x18\xea\x07 \x01(\x08\":\n\x19RestoreFromBackupResponse\x12\x1d\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x0e.logutil.Event\"\x1a\n\x18ReplicationStatusRequest\"D\n\x19ReplicationStatusResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.replicationdata.Status\"\x16\n\x14PrimaryStatusRequest\"G\n\x15PrimaryStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.replicationdata.PrimaryStatus\"\x18\n\x16PrimaryPositionRequest\"+\n\x17PrimaryPositionResponse\x12\x10\n\x08position\x18\x01 \x01(\t\"\x18\n\x16StopReplicationRequest\"\x19\n\x17StopReplicationResponse\"+\n\x17StartReplicationRequest\x12\x10\n\x08semiSync\x18\x01 \x01(\x08\"\x1a\n\x18StartReplicationResponse\"\x13\n\x11\x46ullStatusRequest\"A\n\x12\x46ullStatusResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.replicationdata.FullStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,37 +40,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PINGRESPONSE']._serialized_start=191
   _globals['_PINGRESPONSE']._serialized_end=222
   _globals['_BACKUPREQUEST']._serialized_start=225
-  _globals['_BACKUPREQUEST']._serialized_end=654
-  _globals['_BACKUPREQUEST_INITSQL']._serialized_start=508
-  _globals['_BACKUPREQUEST_INITSQL']._serialized_end=636
-  _globals['_BACKUPRESPONSE']._serialized_start=656
-  _globals['_BACKUPRESPONSE']._serialized_end=703
-  _globals['_RESTOREFROMBACKUPREQUEST']._serialized_start=706
-  _globals['_RESTOREFROMBACKUPREQUEST']._serialized_end=979
-  _globals['_RESTOREFROMBACKUPRESPONSE']._serialized_start=981
-  _globals['_RESTOREFROMBACKUPRESPONSE']._serialized_end=1039
-  _globals['_REPLICATIONSTATUSREQUEST']._serialized_start=1041
-  _globals['_REPLICATIONSTATUSREQUEST']._serialized_end=1067
-  _globals['_REPLICATIONSTATUSRESPONSE']._serialized_start=1069
-  _globals['_REPLICATIONSTATUSRESPONSE']._serialized_end=1137
-  _globals['_PRIMARYSTATUSREQUEST']._serialized_start=1139
-  _globals['_PRIMARYSTATUSREQUEST']._serialized_end=1161
-  _globals['_PRIMARYSTATUSRESPONSE']._serialized_start=1163
-  _globals['_PRIMARYSTATUSRESPONSE']._serialized_end=1234
-  _globals['_PRIMARYPOSITIONREQUEST']._serialized_start=1236
-  _globals['_PRIMARYPOSITIONREQUEST']._serialized_end=1260
-  _globals['_PRIMARYPOSITIONRESPONSE']._serialized_start=1262
-  _globals['_PRIMARYPOSITIONRESPONSE']._serialized_end=1305
-  _globals['_STOPREPLICATIONREQUEST']._serialized_start=1307
-  _globals['_STOPREPLICATIONREQUEST']._serialized_end=1331
-  _globals['_STOPREPLICATIONRESPONSE']._serialized_start=1333
-  _globals['_STOPREPLICATIONRESPONSE']._serialized_end=1358
-  _globals['_STARTREPLICATIONREQUEST']._serialized_start=1360
-  _globals['_STARTREPLICATIONREQUEST']._serialized_end=1403
-  _globals['_STARTREPLICATIONRESPONSE']._serialized_start=1405
-  _globals['_STARTREPLICATIONRESPONSE']._serialized_end=1431
-  _globals['_FULLSTATUSREQUEST']._serialized_start=1433
-  _globals['_FULLSTATUSREQUEST']._serialized_end=1452
-  _globals['_FULLSTATUSRESPONSE']._serialized_start=1454
-  _globals['_FULLSTATUSRESPONSE']._serialized_end=1519
+  _globals['_BACKUPREQUEST']._serialized_end=707
+  _globals['_BACKUPREQUEST_INITSQL']._serialized_start=561
+  _globals['_BACKUPREQUEST_INITSQL']._serialized_end=689
+  _globals['_BACKUPRESPONSE']._serialized_start=709
+  _globals['_BACKUPRESPONSE']._serialized_end=756
+  _globals['_RESTOREFROMBACKUPREQUEST']._serialized_start=759
+  _globals['_RESTOREFROMBACKUPREQUEST']._serialized_end=1032
+  _globals['_RESTOREFROMBACKUPRESPONSE']._serialized_start=1034
+  _globals['_RESTOREFROMBACKUPRESPONSE']._serialized_end=1092
+  _globals['_REPLICATIONSTATUSREQUEST']._serialized_start=1094
+  _globals['_REPLICATIONSTATUSREQUEST']._serialized_end=1120
+  _globals['_REPLICATIONSTATUSRESPONSE']._serialized_start=1122
+  _globals['_REPLICATIONSTATUSRESPONSE']._serialized_end=1190
+  _globals['_PRIMARYSTATUSREQUEST']._serialized_start=1192
+  _globals['_PRIMARYSTATUSREQUEST']._serialized_end=1214
+  _globals['_PRIMARYSTATUSRESPONSE']._serialized_start=1216
+  _globals['_PRIMARYSTATUSRESPONSE']._serialized_end=1287
+  _globals['_PRIMARYPOSITIONREQUEST']._serialized_start=1289
+  _globals['_PRIMARYPOSITIONREQUEST']._serialized_end=1313
+  _globals['_PRIMARYPOSITIONRESPONSE']._serialized_start=1315
+  _globals['_PRIMARYPOSITIONRESPONSE']._serialized_end=1358
+  _globals['_STOPREPLICATIONREQUEST']._serialized_start=1360
+  _globals['_STOPREPLICATIONREQUEST']._serialized_end=1384
+  _globals['_STOPREPLICATIONRESPONSE']._serialized_start=1386
+  _globals['_STOPREPLICATIONRESPONSE']._serialized_end=1411
+  _globals['_STARTREPLICATIONREQUEST']._serialized_start=1413
+  _globals['_STARTREPLICATIONREQUEST']._serialized_end=1456
+  _globals['_STARTREPLICATIONRESPONSE']._serialized_start=1458
+  _globals['_STARTREPLICATIONRESPONSE']._serialized_end=1484
+  _globals['_FULLSTATUSREQUEST']._serialized_start=1486
+  _globals['_FULLSTATUSREQUEST']._serialized_end=1505
+  _globals['_FULLSTATUSRESPONSE']._serialized_start=1507
+  _globals['_FULLSTATUSRESPONSE']._serialized_end=1572
 # @@protoc_insertion_point(module_scope)

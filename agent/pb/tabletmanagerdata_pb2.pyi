@@ -103,6 +103,8 @@ class BackupRequest(_message.Message):
     MYSQL_SHUTDOWN_TIMEOUT_FIELD_NUMBER: _builtins.int
     INIT_SQL_FIELD_NUMBER: _builtins.int
     CANCEL_ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    BACKUP_MAX_RATE_FIELD_NUMBER: _builtins.int
+    STORAGE_MAX_RATE_FIELD_NUMBER: _builtins.int
     concurrency: _builtins.int
     allow_primary: _builtins.bool
     incremental_from_pos: _builtins.str
@@ -112,6 +114,11 @@ class BackupRequest(_message.Message):
     """tablet-agent: cancel the backup when the calling client goes away (Vitess's behaviour).
     By default the operation survives the client disconnecting.
     """
+    backup_max_rate: _builtins.int
+    """tablet-agent: lower this backup's rate limits (bytes/s; 0: the configured ones). They never raise
+    them past --backup_max_rate (read from the tablet's disks) and --storage_max_rate (written to storage).
+    """
+    storage_max_rate: _builtins.int
     @_builtins.property
     def mysql_shutdown_timeout(self) -> _vttime_pb2.Duration: ...
     @_builtins.property
@@ -127,10 +134,12 @@ class BackupRequest(_message.Message):
         mysql_shutdown_timeout: _vttime_pb2.Duration | None = ...,
         init_sql: Global___BackupRequest.InitSQL | None = ...,
         cancel_on_disconnect: _builtins.bool = ...,
+        backup_max_rate: _builtins.int = ...,
+        storage_max_rate: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_backup_engine", b"_backup_engine", "backup_engine", b"backup_engine", "init_sql", b"init_sql", "mysql_shutdown_timeout", b"mysql_shutdown_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backup_engine", b"_backup_engine", "allow_primary", b"allow_primary", "backup_engine", b"backup_engine", "cancel_on_disconnect", b"cancel_on_disconnect", "concurrency", b"concurrency", "incremental_from_pos", b"incremental_from_pos", "init_sql", b"init_sql", "mysql_shutdown_timeout", b"mysql_shutdown_timeout", "upgrade_safe", b"upgrade_safe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backup_engine", b"_backup_engine", "allow_primary", b"allow_primary", "backup_engine", b"backup_engine", "backup_max_rate", b"backup_max_rate", "cancel_on_disconnect", b"cancel_on_disconnect", "concurrency", b"concurrency", "incremental_from_pos", b"incremental_from_pos", "init_sql", b"init_sql", "mysql_shutdown_timeout", b"mysql_shutdown_timeout", "storage_max_rate", b"storage_max_rate", "upgrade_safe", b"upgrade_safe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backup_engine: _TypeAlias = _typing.Literal["backup_engine"]  # noqa: Y015
     _WhichOneofArgType__backup_engine: _TypeAlias = _typing.Literal["_backup_engine", b"_backup_engine"]  # noqa: Y015

@@ -115,6 +115,11 @@ class TabletManagerStub:
                 request_serializer=agent_dot_pb_dot_agentdata__pb2.DiscardPreviousRequest.SerializeToString,
                 response_deserializer=agent_dot_pb_dot_agentdata__pb2.DiscardPreviousResponse.FromString,
                 _registered_method=True)
+        self.Check = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/Check',
+                request_serializer=agent_dot_pb_dot_agentdata__pb2.CheckRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_agentdata__pb2.CheckResponse.FromString,
+                _registered_method=True)
         self.ExpireBackups = channel.unary_unary(
                 '/tabletmanagerservice.TabletManager/ExpireBackups',
                 request_serializer=agent_dot_pb_dot_agentdata__pb2.ExpireBackupsRequest.SerializeToString,
@@ -222,6 +227,12 @@ class TabletManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Check(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExpireBackups(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -310,6 +321,11 @@ def add_TabletManagerServicer_to_server(servicer, server):
                     servicer.DiscardPrevious,
                     request_deserializer=agent_dot_pb_dot_agentdata__pb2.DiscardPreviousRequest.FromString,
                     response_serializer=agent_dot_pb_dot_agentdata__pb2.DiscardPreviousResponse.SerializeToString,
+            ),
+            'Check': grpc.unary_unary_rpc_method_handler(
+                    servicer.Check,
+                    request_deserializer=agent_dot_pb_dot_agentdata__pb2.CheckRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_agentdata__pb2.CheckResponse.SerializeToString,
             ),
             'ExpireBackups': grpc.unary_unary_rpc_method_handler(
                     servicer.ExpireBackups,
@@ -749,6 +765,33 @@ class TabletManager:
             '/tabletmanagerservice.TabletManager/DiscardPrevious',
             agent_dot_pb_dot_agentdata__pb2.DiscardPreviousRequest.SerializeToString,
             agent_dot_pb_dot_agentdata__pb2.DiscardPreviousResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Check(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/Check',
+            agent_dot_pb_dot_agentdata__pb2.CheckRequest.SerializeToString,
+            agent_dot_pb_dot_agentdata__pb2.CheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,7 @@ class TabletManagerStub:
     WatchOperation: _grpc.UnaryStreamMultiCallable[_agentdata_pb2.WatchOperationRequest, _agentdata_pb2.WatchOperationResponse]
     VerifyBackup: _grpc.UnaryStreamMultiCallable[_agentdata_pb2.VerifyBackupRequest, _agentdata_pb2.VerifyBackupResponse]
     DiscardPrevious: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.DiscardPreviousRequest, _agentdata_pb2.DiscardPreviousResponse]
+    Check: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.CheckRequest, _agentdata_pb2.CheckResponse]
     ExpireBackups: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.ExpireBackupsRequest, _agentdata_pb2.ExpireBackupsResponse]
 
 @_typing.type_check_only
@@ -73,6 +74,7 @@ class TabletManagerAsyncStub(TabletManagerStub):
     WatchOperation: _aio.UnaryStreamMultiCallable[_agentdata_pb2.WatchOperationRequest, _agentdata_pb2.WatchOperationResponse]  # type: ignore[assignment]
     VerifyBackup: _aio.UnaryStreamMultiCallable[_agentdata_pb2.VerifyBackupRequest, _agentdata_pb2.VerifyBackupResponse]  # type: ignore[assignment]
     DiscardPrevious: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.DiscardPreviousRequest, _agentdata_pb2.DiscardPreviousResponse]  # type: ignore[assignment]
+    Check: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.CheckRequest, _agentdata_pb2.CheckResponse]  # type: ignore[assignment]
     ExpireBackups: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.ExpireBackupsRequest, _agentdata_pb2.ExpireBackupsResponse]  # type: ignore[assignment]
 
 class TabletManagerServicer(metaclass=_abc_1.ABCMeta):
@@ -188,6 +190,13 @@ class TabletManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _agentdata_pb2.DiscardPreviousRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agentdata_pb2.DiscardPreviousResponse, _abc.Awaitable[_agentdata_pb2.DiscardPreviousResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Check(
+        self,
+        request: _agentdata_pb2.CheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agentdata_pb2.CheckResponse, _abc.Awaitable[_agentdata_pb2.CheckResponse]]: ...
 
     @_abc_1.abstractmethod
     def ExpireBackups(

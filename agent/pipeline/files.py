@@ -1,5 +1,6 @@
 """Many local files to stored objects and back, several at a time (the builtin engine's data files and the
-binlog engine's binary logs): one object per file, compression threads and buffers shared by all."""
+binlog engine's binary logs): one object per file (each sealed with its own data key when encrypted),
+compression threads, buffers and rate limits shared by all."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from agent.aio.tasks import for_each, in_thread
 from agent.operations import Operation
 from agent.pipeline.compression import Codec
 from agent.pipeline.digests import StoredFile
+from agent.pipeline.encryption import BackupCipher, opener_for, sealer_for
 from agent.pipeline.load import restore
 from agent.pipeline.progress import FileProgress
+from agent.pipeline.ratelimit import IoLimits
 from agent.pipeline.store import file_chunks, store
 from agent.pipeline.workers import Workers
 from agent.storage.base import BackupHandle
@@ -45,9 +48,17 @@ class FileToRestore:
 
 
 async def store_files(
-    handle: BackupHandle, files: Sequence[FileToStore], codec: Codec, op: Operation, concurrency: int
+    handle: BackupHandle,
+    files: Sequence[FileToStore],
+    codec: Codec,
+    op: Operation,
+    concurrency: int,
+    *,
+    cipher: BackupCipher | None = None,
+    limits: IoLimits | None = None,
 ) -> list[StoredFile]:
-    """Store each file (compressed, hashed), `concurrency` at a time; the results in `files` order."""
+    """Store each file (compressed, encrypted with `cipher`, hashed), `concurrency` at a time; the results
+    in `files` order."""
     total = sum(f.size for f in files)
     op.add_total(total)
     op.info(f"copying {len(files)} files ({total / 2**20:.1f} MiB) with concurrency {concurrency}")
@@ -61,7 +72,13 @@ async def store_files(
             progress = FileProgress(op, "backing up", f.name, f.size)
             try:
                 results[i] = await store(
-                    file_chunks(f.path), writer, codec, on_progress=progress, workers=workers
+                    file_chunks(f.path),
+                    writer,
+                    codec,
+                    on_progress=progress,
+                    workers=workers,
+                    sealer=sealer_for(cipher, f.object_name),
+                    limits=limits,
                 )
             except BaseException:
                 await writer.abort()
@@ -72,7 +89,14 @@ async def store_files(
 
 
 async def restore_files(
-    handle: BackupHandle, objects: Sequence[FileToRestore], codec: Codec, op: Operation, concurrency: int
+    handle: BackupHandle,
+    objects: Sequence[FileToRestore],
+    codec: Codec,
+    op: Operation,
+    concurrency: int,
+    *,
+    cipher: BackupCipher | None = None,
+    limits: IoLimits | None = None,
 ) -> None:
     """Put every object back into its path, check its hashes, and make the files and their directories
     durable; the biggest first, `concurrency` at a time."""
@@ -94,6 +118,8 @@ async def restore_files(
             on_progress=FileProgress(op, "restoring", o.name, o.size or sizes[i] or 0),
             sync=False,
             workers=workers,
+            opener=opener_for(cipher, o.object_name, o.where),
+            limits=limits,
         )
 
     async with Workers() as workers:  # buffers shared by the files

@@ -1,5 +1,6 @@
-"""The way back: stored objects decoded, verified (CRC-32 of the stored bytes, sha256 of the original) and
-written to local files, a child's stdin, or re-assembled from stripes. DataLoss on any mismatch."""
+"""The way back: stored objects decrypted (when encrypted), decoded, verified (CRC-32 of the stored bytes,
+sha256 of the original, each chunk's authentication tag) and written to local files, a child's stdin, or
+re-assembled from stripes. DataLoss on any mismatch. Reads from storage are paced by the storage limit."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from agent.aio.tasks import complete, in_thread, run_concurrently
 from agent.errors import CorruptData, DataLoss
 from agent.pipeline.compression import Buffer, Codec, Decompressor, ExternalCodec, InProcessCodec
 from agent.pipeline.digests import Digest, StoredFile, hash_mismatch
+from agent.pipeline.encryption import AuthenticationFailed, Opener
+from agent.pipeline.ratelimit import IoLimits, TokenBucket
 from agent.pipeline.store import CHUNK_SIZE, LineCallback, aclose_quietly, stream_chunks
 from agent.pipeline.workers import Workers
 
@@ -28,15 +31,24 @@ class _End:
 
 
 class _Decoding:
-    """Stored chunks to original bytes with an in-process decompressor. `feed` and `pull` run in
-    threads; the CRC-32 of the stored bytes is taken in the same step as their decompression."""
+    """Stored chunks to original bytes with an in-process decompressor, decrypted first by `opener`.
+    `feed`, `pull` and `end` run in threads; the CRC-32 of the stored bytes is taken in the same step
+    as their decryption and decompression."""
 
-    def __init__(self, decompressor: Decompressor, limit: int) -> None:
+    def __init__(
+        self,
+        decompressor: Decompressor,
+        limit: int,
+        opener: Opener | None = None,
+        pace: TokenBucket | None = None,
+    ) -> None:
         self.decompressor = decompressor
         self._limit = limit
+        self._opener = opener
+        self._pace = pace
         self._pieces: Iterator[Buffer] = iter(())
         self.crc = self.stored = 0
-        self.failure: CorruptData | None = None
+        self.failure: DataLoss | None = None
 
     def count(self, chunk: Buffer) -> None:
         self.crc = zlib.crc32(chunk, self.crc)
@@ -47,6 +59,24 @@ class _Decoding:
             self.count(chunk)
         if self.failure is not None:
             return [], False  # keep reading: a CRC mismatch explains the corruption best
+        if self._opener is not None:
+            try:
+                chunk = self._opener.update(chunk)
+            except AuthenticationFailed as e:
+                self.failure = e
+                return [], False
+        self._pieces = self.decompressor.decompress(chunk)
+        return self.pull()
+
+    def end(self) -> tuple[list[Buffer], bool]:
+        """After the last chunk: the final encrypted chunk's output."""
+        if self._opener is None or self.failure is not None:
+            return [], False
+        try:
+            chunk = self._opener.finish()
+        except AuthenticationFailed as e:
+            self.failure = e
+            return [], False
         self._pieces = self.decompressor.decompress(chunk)
         return self.pull()
 
@@ -83,6 +113,8 @@ class _Decoding:
                     if not n:
                         pool.recycle(buf)
                         return
+                    if self._pace is not None:
+                        await self._pace.pace(n)
                     await stored.put((memoryview(buf)[:n], buf))
             finally:
                 src.close()
@@ -92,21 +124,27 @@ class _Decoding:
                 await read_file(chunks, workers)
             else:
                 async for chunk in chunks:
+                    if self._pace is not None:
+                        await self._pace.pace(len(chunk))
                     await stored.put((chunk, None))
             await stored.put(None)
+
+        async def drain(pieces: list[Buffer], more: bool) -> None:
+            while True:
+                if pieces:
+                    await emit(pieces)
+                if not more:
+                    return
+                pieces, more = await in_thread(self.pull)
 
         async def decode() -> None:
             while (item := await stored.get()) is not None:
                 chunk, buf = item
-                pieces, more = await in_thread(self.feed, chunk, buf is not None)
-                while True:
-                    if pieces:
-                        await emit(pieces)
-                    if not more:
-                        break
-                    pieces, more = await in_thread(self.pull)
+                await drain(*await in_thread(self.feed, chunk, buf is not None))
                 if buf is not None and workers is not None:
                     workers.recycle(buf)  # decompressors keep no reference to a chunk they are done with
+            if self._opener is not None:
+                await drain(*await in_thread(self.end))
 
         await run_concurrently(read(), decode())
 
@@ -115,6 +153,8 @@ class _Decoding:
         got = f"{self.crc:08x}"
         if expected_crc32_hex is not None and got != expected_crc32_hex:
             raise hash_mismatch(name, got, expected_crc32_hex)
+        if isinstance(self.failure, AuthenticationFailed):
+            raise self.failure
         try:
             if self.failure is not None:
                 raise self.failure
@@ -125,7 +165,8 @@ class _Decoding:
 
 
 class DecodedStream:
-    """The original bytes of one stored object: decompressed and verified in a background task.
+    """The original bytes of one stored object: decrypted (with an `opener`), decompressed and verified in
+    a background task.
 
     Iterate it to the end: the CRC-32 of the stored bytes, the completeness of the compressed
     stream and the sha256 of the output are checked when it ends, raising DataLoss
@@ -143,9 +184,14 @@ class DecodedStream:
         name: str,
         chunk_size: int = CHUNK_SIZE,
         on_stderr_line: LineCallback | None = None,
+        opener: Opener | None = None,
+        limits: IoLimits | None = None,
     ) -> None:
         self._chunks = chunks
         self._codec = codec
+        self._opener = opener
+        self._pace = limits.storage if limits is not None else None
+        self._io_class = limits.io_class if limits is not None else ""
         self._crc_expected = (expected_crc32_hex or "").lower() or None
         self._sha_expected = (expected_sha256_hex or "").lower() or None
         self._name = name
@@ -212,7 +258,7 @@ class DecodedStream:
             raise hash_mismatch(self._name, got, self._crc_expected)
 
     async def _run_in_process(self, codec: InProcessCodec) -> None:
-        decoding = _Decoding(codec.new_decompressor(), self._chunk_size)
+        decoding = _Decoding(codec.new_decompressor(), self._chunk_size, self._opener, self._pace)
 
         async def emit(pieces: list[Buffer]) -> None:
             for piece in pieces:
@@ -224,21 +270,31 @@ class DecodedStream:
 
     async def _run_external(self, codec: ExternalCodec) -> None:
         argv = codec.decompress_argv
-        async with spawn(argv, stdin=PIPE, stdout=PIPE, on_stderr_line=self._on_line) as proc:
+        io_class = self._io_class
+        async with spawn(
+            argv, stdin=PIPE, stdout=PIPE, on_stderr_line=self._on_line, io_class=io_class
+        ) as proc:
 
             async def feed() -> None:
-                failure: ProcessError | None = None
+                failure: ProcessError | AuthenticationFailed | None = None
+                opener = self._opener
                 async for chunk in self._chunks:
+                    if self._pace is not None:
+                        await self._pace.pace(len(chunk))
                     self._stored += len(chunk)
                     await self._crc.feed(chunk)
                     if failure is None:
                         try:
-                            await proc.write(chunk)
-                        except ProcessError as e:
+                            await proc.write(
+                                chunk if opener is None else await in_thread(opener.update, chunk)
+                            )
+                        except (ProcessError, AuthenticationFailed) as e:
                             failure = e  # keep reading: a CRC mismatch explains the failure best
                 self._check_crc(await self._crc.hexdigest())
                 if failure is not None:
                     raise failure
+                if opener is not None:
+                    await proc.write(await in_thread(opener.finish))
                 await proc.close_stdin()
 
             async def drain() -> None:
@@ -261,9 +317,12 @@ async def restore(
     on_stderr_line: LineCallback | None = None,
     sync: bool = True,
     workers: Workers | None = None,
+    opener: Opener | None = None,
+    limits: IoLimits | None = None,
 ) -> StoredFile:
-    """Decompress stored `chunks` into `dest`, verifying the stored CRC-32 and the original sha256
-    (either may be None when the MANIFEST has none). DataLoss on any mismatch or corruption.
+    """Decrypt (with an `opener`) and decompress stored `chunks` into `dest`, verifying the stored CRC-32,
+    the original sha256 (either may be None when the MANIFEST has none) and each encrypted chunk. DataLoss
+    on any mismatch or corruption. `limits` paces the reads from storage.
 
     `dest` is a local file (created 0o640 with its parents, removed on failure; fsync'd unless
     `sync` is False: then the caller syncs it, e.g. many files at once) or an async callable such
@@ -282,6 +341,8 @@ async def restore(
                 limit=min(chunk_size, RESTORE_BATCH),
                 on_progress=on_progress,
                 sync=sync,
+                opener=opener,
+                pace=limits.storage if limits is not None else None,
             )
     local = LocalFile(dest) if isinstance(dest, Path) else None
     if local is not None:
@@ -294,6 +355,8 @@ async def restore(
         name=name,
         chunk_size=chunk_size,
         on_stderr_line=on_stderr_line,
+        opener=opener,
+        limits=limits,
     )
     try:
         async for chunk in stream:
@@ -327,6 +390,8 @@ async def _restore_file(
     limit: int,
     on_progress: Callable[[int], None] | None,
     sync: bool,
+    opener: Opener | None,
+    pace: TokenBucket | None,
 ) -> StoredFile:
     """`restore` into a local file: whole frames are decoded into pooled buffers, and each batch is
     hashed and written in one thread step (while in cache) as the next one is decoded."""
@@ -337,7 +402,7 @@ async def _restore_file(
         outputs.add(id(buf))
         return memoryview(buf)
 
-    decoding = _Decoding(codec.new_decompressor(output=output), limit)
+    decoding = _Decoding(codec.new_decompressor(output=output), limit, opener, pace)
     sha = hashlib.sha256()
     size = 0
     writing: asyncio.Future[None] | None = None

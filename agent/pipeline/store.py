@@ -1,5 +1,6 @@
-"""The streaming pipeline every engine uses: source -> compress -> hash -> storage (the way back is
-`agent.restore_pipeline`; threads and buffers are `agent.workers`, hashes `agent.digests`).
+"""The streaming pipeline every engine uses: source -> compress -> [encrypt] -> hash -> storage (the way
+back is `pipeline.load`; threads and buffers are `pipeline.workers`, hashes `pipeline.digests`,
+encryption `pipeline.encryption`, rate limits `pipeline.ratelimit`).
 
 Data moves in chunks through bounded queues, so a stream of any size runs in the same memory.
 Reading, compressing, hashing and writing overlap in threads (zstandard, zlib, lz4 and hashlib
@@ -7,12 +8,16 @@ release the GIL) or in an external command, so the event loop stays responsive. 
 stream (zstd, pgzip) is cut into independent frames compressed several at a time by `Workers`,
 shared by the streams of one operation so that CPU threads and frames in flight stay bounded
 whatever the number of streams. Hashes: `crc32_hex` is Vitess's `Hash` (CRC-32 IEEE of the stored
-bytes as 8 lowercase hex digits); `sha256_hex` is ours, of the original bytes.
+bytes as 8 lowercase hex digits: the ciphertext, when encrypted); `sha256_hex` is ours, of the original
+bytes. An encrypted object's compressed stream is sealed in order, in a thread, as it leaves the
+compressors (`Sealer`); reads from the source are paced by the operation's disk limit, writes to
+storage by its storage limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import mmap
@@ -25,6 +30,8 @@ from agent.aio.procs import PIPE, spawn
 from agent.aio.tasks import complete, in_thread, run_concurrently
 from agent.pipeline.compression import PIECE, Buffer, Codec, ExternalCodec, FramedCodec, InProcessCodec
 from agent.pipeline.digests import Digest, StoredFile
+from agent.pipeline.encryption import Sealer
+from agent.pipeline.ratelimit import IoLimits, TokenBucket
 from agent.pipeline.workers import Workers
 
 if TYPE_CHECKING:
@@ -95,6 +102,48 @@ async def _frames(source: AsyncIterable[Buffer], size: int) -> AsyncGenerator[Bu
         yield buf
 
 
+class _Output:
+    """The stored side of one object: sealed when encrypted, CRC-32 of the bytes as stored, paced by the
+    storage limit, written."""
+
+    def __init__(self, writer: BackupWriter, sealer: Sealer | None, pace: TokenBucket | None) -> None:
+        self._writer = writer
+        self._sealer = sealer
+        self._pace = pace
+        self.crc = Digest("crc32")
+        self.stored = 0
+
+    async def put(self, data: Buffer) -> None:
+        if self._sealer is not None:
+            data = await in_thread(self._sealer.update, data)
+        await self._emit(data)
+
+    async def end(self) -> None:
+        if self._sealer is not None:
+            await self._emit(await in_thread(self._sealer.finish))
+
+    async def _emit(self, data: Buffer) -> None:
+        if not data:
+            return
+        await self.crc.feed(data)
+        if self._pace is not None:
+            await self._pace.pace(len(data))
+        await self._writer.write(data)
+        self.stored += len(data)
+
+    async def close(self) -> None:
+        await self.crc.close()
+
+
+async def _paced(source: AsyncIterable[Buffer], bucket: TokenBucket) -> AsyncGenerator[Buffer, None]:
+    try:
+        async for piece in source:
+            await bucket.pace(len(piece))
+            yield piece
+    finally:
+        await aclose_quietly(source)
+
+
 async def store(
     source: AsyncIterable[Buffer],
     writer: BackupWriter,
@@ -104,37 +153,49 @@ async def store(
     on_progress: Callable[[int], None] | None = None,
     on_stderr_line: LineCallback | None = None,
     workers: Workers | None = None,
+    sealer: Sealer | None = None,
+    limits: IoLimits | None = None,
 ) -> StoredFile:
-    """Compress and hash `source` into `writer`.
+    """Compress (and, with a `sealer`, encrypt) and hash `source` into `writer`.
 
     On success the writer is closed (durable); on any error or cancellation it is aborted.
     `on_progress` gets the number of original bytes just handled (a delta). A framed codec's frames
     are compressed by `workers` (shared with other streams), or by threads of this call's own.
+    `limits` paces the reads from `source` (disk) and the writes (storage).
     """
+    output = _Output(writer, sealer, limits.storage if limits is not None else None)
+    disk = limits.disk if limits is not None else None
+    original = source
+    if disk is not None and not isinstance(source, FileChunks):
+        source = _paced(source, disk)  # a FileChunks is paced where it is read into the workers' buffers
     try:
         if isinstance(codec, ExternalCodec):
             result = await _store_external(
                 source,
-                writer,
+                output,
                 codec,
                 chunk_size=chunk_size,
                 on_progress=on_progress,
                 on_stderr_line=on_stderr_line,
+                io_class=limits.io_class if limits is not None else "",
             )
         elif isinstance(codec, FramedCodec):
             if workers is None:
                 async with Workers(codec.threads) as own:
-                    result = await _store_frames(source, writer, codec, own, on_progress)
+                    result = await _store_frames(source, output, codec, own, on_progress, disk=disk)
             else:
-                result = await _store_frames(source, writer, codec, workers, on_progress)
+                result = await _store_frames(source, output, codec, workers, on_progress, disk=disk)
         else:
-            result = await _store_in_process(source, writer, codec, chunk_size, on_progress)
+            result = await _store_in_process(source, output, codec, chunk_size, on_progress)
         await writer.close()
     except BaseException:
         await _abort(writer)
         raise
     finally:
+        await output.close()
         await aclose_quietly(source)
+        if source is not original:
+            await aclose_quietly(original)
     return result
 
 
@@ -147,16 +208,16 @@ async def _abort(writer: BackupWriter) -> None:
 
 async def _store_in_process(
     source: AsyncIterable[Buffer],
-    writer: BackupWriter,
+    output: _Output,
     codec: InProcessCodec,
     chunk_size: int,
     on_progress: Callable[[int], None] | None,
 ) -> StoredFile:
     compressor = codec.new_compressor()
-    sha, crc = Digest("sha256"), Digest("crc32")
+    sha = Digest("sha256")
     chunks: asyncio.Queue[Buffer | None] = asyncio.Queue(QUEUE_DEPTH)
     outputs: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(QUEUE_DEPTH)
-    size = stored = 0
+    size = 0
 
     async def read() -> None:
         pieces = _coalesce(source, chunk_size)
@@ -178,37 +239,36 @@ async def _store_in_process(
         await outputs.put(None)
 
     async def write() -> None:
-        nonlocal stored
         while (item := await outputs.get()) is not None:
             out, n = item
             if out:
-                await crc.feed(out)
-                await writer.write(out)
-                stored += len(out)
+                await output.put(out)
             if n and on_progress is not None:
                 on_progress(n)
+        await output.end()
 
     try:
         await run_concurrently(read(), compress(), write())
-        return StoredFile(size, stored, await crc.hexdigest(), await sha.hexdigest())
+        return StoredFile(size, output.stored, await output.crc.hexdigest(), await sha.hexdigest())
     finally:
         compressor.close()
         await sha.close()
-        await crc.close()
 
 
 async def _store_frames(
     source: AsyncIterable[Buffer],
-    writer: BackupWriter,
+    output: _Output,
     codec: FramedCodec,
     workers: Workers,
     on_progress: Callable[[int], None] | None,
+    *,
+    disk: TokenBucket | None,
 ) -> StoredFile:
     """Frames hashed in order, compressed up to `codec.threads` at a time, stored in order."""
-    crc, digest, file_sha = Digest("crc32"), Digest("sha256"), hashlib.sha256()
+    digest, file_sha = Digest("sha256"), hashlib.sha256()
     compressing: asyncio.Queue[tuple[asyncio.Future[bytes], int, mmap.mmap | None] | None]
     compressing = asyncio.Queue(max(1, codec.threads))
-    size = stored = held = 0  # held: this stream's slots in `workers`, given back whatever happens
+    size = held = 0  # held: this stream's slots in `workers`, given back whatever happens
 
     async def slot() -> None:
         nonlocal held
@@ -228,6 +288,8 @@ async def _store_frames(
                 await slot()
                 buf = workers.buffer(codec.frame_size)
                 n = await in_thread(src.read_into, memoryview(buf)[: codec.frame_size], file_sha.update)
+                if disk is not None:
+                    await disk.pace(n)
                 if n == 0 and size > 0:
                     workers.recycle(buf)
                     workers.release()
@@ -259,24 +321,23 @@ async def _store_frames(
         await compressing.put(None)
 
     async def write() -> None:
-        nonlocal stored, held
+        nonlocal held
         while (item := await compressing.get()) is not None:
             job, n, buf = item
             out = await job
             if buf is not None:
                 workers.recycle(buf)
-            await crc.feed(out)
-            await writer.write(out)
-            stored += len(out)
+            await output.put(out)
             workers.release()
             held -= 1
             if n and on_progress is not None:
                 on_progress(n)
+        await output.end()
 
     try:
         await run_concurrently(submit(), write())
         sha = file_sha.hexdigest() if isinstance(source, FileChunks) else await digest.hexdigest()
-        return StoredFile(size, stored, await crc.hexdigest(), sha)
+        return StoredFile(size, output.stored, await output.crc.hexdigest(), sha)
     finally:
         for _ in range(held):
             workers.release()
@@ -284,22 +345,24 @@ async def _store_frames(
             if (item := compressing.get_nowait()) is not None:
                 item[0].cancel()  # a buffer still being compressed is dropped, never recycled
         await digest.close()
-        await crc.close()
 
 
 async def _store_external(
     source: AsyncIterable[Buffer],
-    writer: BackupWriter,
+    output: _Output,
     codec: ExternalCodec,
     *,
     chunk_size: int,
     on_progress: Callable[[int], None] | None,
     on_stderr_line: LineCallback | None,
+    io_class: str,
 ) -> StoredFile:
-    sha, crc = Digest("sha256"), Digest("crc32")
-    size = stored = 0
+    sha = Digest("sha256")
+    size = 0
     try:
-        async with spawn(codec.compress_argv, stdin=PIPE, stdout=PIPE, on_stderr_line=on_stderr_line) as proc:
+        async with spawn(
+            codec.compress_argv, stdin=PIPE, stdout=PIPE, on_stderr_line=on_stderr_line, io_class=io_class
+        ) as proc:
 
             async def feed() -> None:
                 nonlocal size
@@ -312,17 +375,14 @@ async def _store_external(
                 await proc.close_stdin()
 
             async def drain() -> None:
-                nonlocal stored
                 async for out in stream_chunks(proc.stdout, chunk_size):
-                    await crc.feed(out)
-                    await writer.write(out)
-                    stored += len(out)
+                    await output.put(out)
+                await output.end()
 
             await run_concurrently(feed(), drain())
-        return StoredFile(size, stored, await crc.hexdigest(), await sha.hexdigest())
+        return StoredFile(size, output.stored, await output.crc.hexdigest(), await sha.hexdigest())
     finally:
         await sha.close()
-        await crc.close()
 
 
 async def store_striped(
@@ -335,13 +395,20 @@ async def store_striped(
     on_progress: Callable[[int], None] | None = None,
     on_stderr_line: LineCallback | None = None,
     workers: Workers | None = None,
+    sealers: Sequence[Sealer] | None = None,
+    limits: IoLimits | None = None,
 ) -> list[StoredFile]:
     """Split `source` round-robin in blocks of `block_size` into the writers (xtrabackup stripes),
-    each compressed and stored in parallel by its own `store` (sharing `workers`, or threads of
-    this call's own). One StoredFile per stripe."""
+    each compressed (and sealed by its own of `sealers`) and stored in parallel by its own `store`
+    (sharing `workers`, or threads of this call's own). One StoredFile per stripe. `limits` paces the
+    reads from `source` once and the writes of every stripe."""
     n = len(writers)
     if n == 0 or block_size <= 0:
         raise ValueError("store_striped needs writers and a positive block size")
+    if sealers is not None and len(sealers) != n:
+        raise ValueError("store_striped needs one sealer per writer")
+    # the stripes' own reads come from memory: only the split charges the disk limit
+    stripe_limits = None if limits is None else dataclasses.replace(limits, disk=TokenBucket())
     stripe_chunk = max(block_size, chunk_size // n)
     depth = 2 * (stripe_chunk // block_size + 1)
     queues: list[asyncio.Queue[Buffer | None]] = [asyncio.Queue(depth) for _ in writers]
@@ -350,6 +417,8 @@ async def store_striped(
     async def split() -> None:
         stripe = filled = 0
         async for chunk in source:
+            if limits is not None:
+                await limits.disk.pace(len(chunk))
             view = memoryview(chunk)
             while view:
                 take = min(block_size - filled, len(view))
@@ -374,6 +443,8 @@ async def store_striped(
             on_progress=on_progress,
             on_stderr_line=on_stderr_line,
             workers=shared,
+            sealer=sealers[k] if sealers is not None else None,
+            limits=stripe_limits,
         )
 
     try:

@@ -22,7 +22,14 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from agent.errors import AgentError, FailedPrecondition, NotFound, PermissionDenied, StorageError
+from agent.errors import (
+    AgentError,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    StorageError,
+    StorageUnreachable,
+)
 
 API_VERSION = "2021-12-02"  # blocks up to 4000 MiB, 50,000 blocks per blob
 ATTEMPTS = 5
@@ -204,7 +211,7 @@ class BlobService:
                 resp = await self.session().request(method, url, headers=signed, data=body)
             except CONNECTION_ERRORS as e:
                 if attempt == ATTEMPTS:
-                    raise StorageError(
+                    raise StorageUnreachable(
                         f"{what} on {self.describe()} failed after {ATTEMPTS} attempts: {type(e).__name__}: {e}"
                     ) from None
                 await asyncio.sleep(backoff(attempt))

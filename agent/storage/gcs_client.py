@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from agent.errors import PermissionDenied, StorageError
+from agent.errors import PermissionDenied, StorageError, StorageUnreachable
 from agent.storage.gcs_parts import (
     ATTEMPTS,
     DEFAULT_CHUNK,
@@ -169,7 +169,7 @@ class GcsClient:
                 reply = await self._once(method, url, params, headers or {}, data)
             except CONNECTION_ERRORS as e:
                 if attempt == ATTEMPTS:
-                    raise StorageError(
+                    raise StorageUnreachable(
                         f"{what} on {self.describe()} failed after {ATTEMPTS} attempts: {describe_error(e)}"
                     ) from None
             else:

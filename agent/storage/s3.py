@@ -22,7 +22,7 @@ import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from agent.errors import AgentError, FailedPrecondition, NotFound, StorageError
+from agent.errors import AgentError, FailedPrecondition, NotFound, StorageError, StorageUnreachable
 from agent.storage.base import (
     BackupHandle,
     BackupWriter,
@@ -142,7 +142,7 @@ class S3BackupStorage:
                     raise StorageError(f"{what} on {self.describe()} failed: {_describe(e)}") from None
             except CONNECTION_ERRORS as e:
                 if attempt == attempts:
-                    raise StorageError(
+                    raise StorageUnreachable(
                         f"{what} on {self.describe()} failed after {attempts} attempts: {_describe(e)}"
                     ) from None
             except botocore.exceptions.NoCredentialsError:

@@ -24,7 +24,7 @@ def shard_lock_key(root: str, keyspace: str, shard: str, action: str) -> bytes:
     return f"{root.rstrip('/')}/keyspaces/{keyspace}/shards/{shard}/{action}_lock".encode()
 
 
-def _holder(what: str) -> bytes:
+def holder_value(what: str) -> bytes:
     return json.dumps(
         {
             "holder": f"{socket.gethostname()}:{os.getpid()}",
@@ -60,7 +60,7 @@ async def shard_lock(
     lease = await client.grant(ttl)
     deadline = time.monotonic() + wait
     try:
-        while (held := await client.create(key, _holder(what), lease)) is not None:
+        while (held := await client.create(key, holder_value(what), lease)) is not None:
             if time.monotonic() >= deadline:
                 raise FailedPrecondition(
                     f"shard {keyspace}/{shard} is locked by {describe_holder(held.value)}: another {action} is "

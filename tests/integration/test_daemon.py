@@ -155,3 +155,17 @@ def test_tabletctl_ping_and_status(replica: Sandbox, agent_factory: AgentFactory
         [*ctl, "--server", "127.0.0.1:1", "ping"], capture_output=True, text=True, env=env, timeout=30
     )
     assert res.returncode == 2
+
+
+def test_operation_history_survives_a_restart(replica: Sandbox, agent_factory: AgentFactory) -> None:
+    from tests.integration.helpers import backup
+
+    agent = agent_factory(replica)
+    backup(agent)
+    with agent.channel() as ch:
+        before = agent.stub(ch).Status(agentdata_pb2.StatusRequest(), timeout=10).finished_operations
+    agent.stop()
+    again = agent_factory(replica)
+    with again.channel() as ch:
+        after = again.stub(ch).Status(agentdata_pb2.StatusRequest(), timeout=10).finished_operations
+    assert [o.id for o in after] == [o.id for o in before] and after[0].result == agentdata_pb2.SUCCEEDED

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +21,7 @@ import grpc
 import pytest
 
 from agent.pb import agentdata_pb2
-from tests.agent_process import AgentProcess
+from tests.agent_process import REPO, AgentProcess
 from tests.conftest import SandboxFactory
 from tests.integration.conftest import AgentFactory
 from tests.integration.helpers import backup, complete_backups, manifest, restore, rpc_error
@@ -120,6 +123,16 @@ def apply_damage(done: Path, kind: str, name: str) -> None:
         (done / "MANIFEST").write_text(json.dumps(m, indent=2))
 
 
+def tabletctl(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.ctl.main", "--server", agent.address, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+
+
 def verify(agent: AgentProcess) -> grpc.RpcError | None:
     with agent.channel() as ch:
         try:
@@ -162,10 +175,14 @@ def test_every_kind_of_damage_fails_before_the_tablet_is_touched(
         if kind != "decompressor":
             verified = verify(agent)
             assert verified is not None and where in (verified.details() or ""), kind
+        if kind == "truncate":
+            ctl = tabletctl(agent, "verify", "--all")
+            assert ctl.returncode == 1 and where in ctl.stderr, ctl.stderr
         for f in pristine.iterdir():  # undo the damage for the next case
             (done / f.name).write_bytes(f.read_bytes())
         (done / "tablet-agent-verification.json").unlink(missing_ok=True)  # its verdict was right
     assert verify(agent) is None, "the repaired backup verifies again"
+    assert tabletctl(agent, "verify", "--all").returncode == 0
     restore(agent)
     restored = TabletState.of(tablet)
     assert restored.checksum == before.checksum and restored.read_only == 1

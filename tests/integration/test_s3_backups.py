@@ -148,8 +148,8 @@ def test_persistent_s3_failure_fails_the_backup_cleanly(
 ) -> None:
     replica.wait_for_gtid(incompressible(primary, 12))
     assert proxied.proxy is not None
-    proxied.proxy.mode = "down"
     agent = agent_factory(replica, extra=proxied.flags(), env=CREDENTIALS)
+    proxied.proxy.mode = "down"  # after the start: its storage check would refuse a storage that is down
     err = rpc_error(backup, agent)
     assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
     assert "InternalError (HTTP 500)" in (err.details() or "") and "abort" not in (err.details() or "")

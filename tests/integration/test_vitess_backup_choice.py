@@ -122,6 +122,8 @@ def test_vitess_would_choose_our_builtin_and_xtrabackup_backups(
     running = f"Ver {primary.value('SELECT @@version')} {primary.value('SELECT @@version_comment')}"
     assert b["MySQLVersion"] == x["MySQLVersion"] == running, "Vitess's version query form"
     assert x["UpgradeSafe"] is True and b["UpgradeSafe"] is False
+    for m in (b, x):  # Vitess's MariaDB flavor has no purged set and no server UUID; the host is named
+        assert (m["PurgedPosition"], m["ServerUUID"]) == ("", "") and m["Hostname"]
     backups = [b, x]
     assert find_backup_to_restore(backups, running) == x["BackupName"]
     assert find_backup_to_restore(backups, running, ["builtin"]) == b["BackupName"]

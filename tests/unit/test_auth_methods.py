@@ -1,4 +1,4 @@
-"""Who may call Vitess's replication RPCs: the reads need a known caller, StopReplication and
+"""Who may call Vitess's replication RPCs (and Check): the reads need a known caller, StopReplication and
 StartReplication (they change mysqld) need an admin."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from agent.config import build_config
 from agent.daemon.auth import Authorizer, Caller
 from agent.errors import PermissionDenied
 
-READS = ("ReplicationStatus", "PrimaryStatus", "PrimaryPosition", "FullStatus")
+READS = ("ReplicationStatus", "PrimaryStatus", "PrimaryPosition", "FullStatus", "Check")
 WRITES = ("StopReplication", "StartReplication")
 
 

@@ -165,7 +165,7 @@ def test_unknown_engine_lists_the_valid_names() -> None:
 
 
 def test_levels_and_threads() -> None:
-    assert get_codec("zstd", CodecOptions(threads=2)) == ZstdCodec(level=3, threads=2)
+    assert get_codec("zstd", CodecOptions(threads=2)) == ZstdCodec(level=1, threads=2)
     assert get_codec("zstd", CodecOptions(level=9, threads=1)) == ZstdCodec(level=9, threads=0)
     assert get_codec("pargzip", CodecOptions(threads=4)) == GzipCodec(name="pargzip", level=1, threads=4)
     with pytest.raises(InvalidArgument, match="use 0 to 9"):

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, build_config, normalize_alias
-from agent.daemon.main import main, normalize_argv, parse_config
+from agent.daemon.main import export_group_suffix, main, normalize_argv, parse_config
 from agent.errors import ConfigError
 
 BASE = {
@@ -99,3 +99,88 @@ def test_gcs_storage_needs_a_bucket_and_takes_vitess_flag_names() -> None:
 
     storage = storage_from_config(cfg)
     assert storage.describe() == "gs://b/prod"
+
+
+def test_state_dir_defaults_to_systemd_state_directory() -> None:
+    assert build_config(BASE, environ={}).effective_state_dir == Path("/tmp/tablet-agent")
+    env = {"STATE_DIRECTORY": "/var/lib/tablet-agent/tab1"}
+    assert build_config(BASE, environ=env).effective_state_dir == Path("/var/lib/tablet-agent/tab1")
+    # Several StateDirectory= paths arrive joined with ':'; the first is the unit's own.
+    env = {"STATE_DIRECTORY": "/var/lib/tablet-agent/tab1:/var/lib/other"}
+    assert build_config(BASE, environ=env).effective_state_dir == Path("/var/lib/tablet-agent/tab1")
+
+
+def test_an_explicit_state_dir_wins_over_state_directory(tmp_path: Path) -> None:
+    env = {"STATE_DIRECTORY": "/var/lib/tablet-agent/tab1"}
+    assert build_config(BASE | {"state_dir": "/flag"}, environ=env).state_dir == Path("/flag")
+    env_setting = env | {"TABLET_AGENT_STATE_DIR": "/env"}
+    assert build_config(BASE, environ=env_setting).state_dir == Path("/env")
+    toml = tmp_path / "agent.toml"
+    toml.write_text('state_dir = "/toml"\n')
+    assert build_config(BASE, environ=env, config_file=toml).state_dir == Path("/toml")
+
+
+def test_group_suffix_defaults_from_mariadb_environment(tmp_path: Path) -> None:
+    assert build_config(BASE, environ={}).mycnf_group_suffix == ""
+    env = {"MYSQL_GROUP_SUFFIX": ".old", "MARIADB_GROUP_SUFFIX": ".tab1"}
+    assert build_config(BASE, environ=env).mycnf_group_suffix == ".tab1"  # MariaDB's order
+    assert build_config(BASE, environ={"MYSQL_GROUP_SUFFIX": ".old"}).mycnf_group_suffix == ".old"
+    toml = tmp_path / "agent.toml"
+    toml.write_text('mycnf_group_suffix = ".toml"\n')
+    assert build_config(BASE, environ=env, config_file=toml).mycnf_group_suffix == ".toml"
+    explicit = env | {"TABLET_AGENT_MYCNF_GROUP_SUFFIX": ""}
+    assert build_config(BASE, environ=explicit).mycnf_group_suffix == ""
+
+
+@pytest.mark.parametrize("bad", [". tab1", ".tab1]", "[x", ".a#b", ".a=b"])
+def test_bad_group_suffix_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"--mycnf_group_suffix: invalid mycnf_group_suffix"):
+        build_config(BASE | {"mycnf_group_suffix": bad}, environ={})
+
+
+def test_children_read_the_agents_option_groups() -> None:
+    environ = {"MYSQL_GROUP_SUFFIX": ".stale", "PATH": "/bin"}
+    export_group_suffix(build_config(BASE | {"mycnf_group_suffix": ".tab1"}, environ={}), environ)
+    assert environ == {"MARIADB_GROUP_SUFFIX": ".tab1", "MYSQL_GROUP_SUFFIX": ".tab1", "PATH": "/bin"}
+    export_group_suffix(build_config(BASE, environ={}), environ)
+    assert environ == {"PATH": "/bin"}
+
+
+def test_rates_io_class_and_key_files(tmp_path: Path) -> None:
+    cfg = build_config(
+        BASE
+        | {
+            "backup_max_rate": "50M",
+            "storage-max-rate": "1.5G",
+            "backup_io_class": "Best-Effort:7",
+            "backup_decryption_key_files": " /k/a.key, /k/b.key ,",
+        },
+        environ={},
+    )
+    assert (cfg.backup_max_rate, cfg.storage_max_rate) == (50 << 20, 3 << 29)
+    assert cfg.backup_io_class == "best-effort:7"
+    assert cfg.decryption_key_paths == [Path("/k/a.key"), Path("/k/b.key")]
+    for bad in ({"backup_max_rate": "fast"}, {"backup_io_class": "lazy"}, {"storage_max_rate": "-1"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            build_config(BASE | bad, environ={})
+
+
+def test_sighup_reloads_the_limits_from_the_config_file(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from agent.daemon.main import reload_limits
+    from agent.pipeline.ratelimit import RateLimits
+
+    toml = tmp_path / "agent.toml"
+    toml.write_text('backup_max_rate = "10M"\n')
+    argv = [f"--{k}={v}" for k, v in BASE.items()] + ["--config", str(toml)]
+    cfg = parse_config(argv)
+    tablet = SimpleNamespace(config=cfg, limits=RateLimits(cfg.backup_max_rate, cfg.storage_max_rate))
+    running = tablet.limits.for_operation()
+    assert running.disk.rate == 10 << 20
+    toml.write_text('backup_max_rate = "20M"\nstorage_max_rate = 1000\nbackup_io_class = "none"\n')
+    reload_limits(tablet, argv)  # type: ignore[arg-type]
+    assert (running.disk.rate, running.storage.rate, running.io_class) == (20 << 20, 1000, "none")
+    toml.write_text('backup_max_rate = "lots"\n')
+    reload_limits(tablet, argv)  # type: ignore[arg-type]  # refused: the old limits stay
+    assert running.disk.rate == 20 << 20

@@ -19,6 +19,7 @@ def _restore_logging() -> object:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
     structlog.reset_defaults()
 
 

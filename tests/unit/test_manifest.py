@@ -229,3 +229,18 @@ def test_times_are_rfc3339_utc() -> None:
 
 def test_python_names_and_go_names_both_work() -> None:
     assert Manifest(BackupMethod="xtrabackup") == Manifest.model_validate({"BackupMethod": "xtrabackup"})
+
+
+def test_server_fields_are_filled_as_vitess_fills_them_per_flavor() -> None:
+    from agent.ops.backup import qualified_hostname, vitess_server_fields
+    from engines.base import BackupOutcome
+
+    def outcome(position: str, purged: str, uuid: str) -> BackupOutcome:
+        return BackupOutcome(position, purged, uuid, "Ver 10.11.6-MariaDB", {})
+
+    mariadb = outcome("MariaDB/0-1-9", "MariaDB/0-1-3", "PWQzODNmYjM5NjY2")
+    assert vitess_server_fields(mariadb) == ("", "")
+    uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
+    mysql = outcome(f"MySQL56/{uuid}:1-9", f"MySQL56/{uuid}:1-3", uuid)
+    assert vitess_server_fields(mysql) == (f"MySQL56/{uuid}:1-3", uuid)
+    assert qualified_hostname()

@@ -333,3 +333,92 @@ def test_missing_credentials_file_names_the_flag(tmp_path: Path) -> None:
 def test_read_client_options_of_a_credentials_file(tmp_path: Path) -> None:
     path = write(tmp_path / "c.cnf", "[client]\nuser=x\npassword='a b'\n[mysqld]\nuser=root\n")
     assert read_client_options(path, "--db_credentials_file") == ClientOptions(user="x", password="a b")
+
+
+def debian_multi_instance(root: Path) -> Path:
+    """Debian's layout: my.cnf includes conf.d/ and mariadb.conf.d/; the default server's [mysqld]
+    comes first (50-server.cnf), each instance of mariadb@<i>.service has its suffixed groups after."""
+    includes = f"!includedir {root}/conf.d/\n!includedir {root}/mariadb.conf.d/\n"  # absolute, as Debian's
+    write(root / "my.cnf", "[client-server]\nsocket=/run/mysqld/mysqld.sock\n" + includes)
+    write(root / "conf.d/mysql.cnf", "[mysql]\n")
+    write(
+        root / "mariadb.conf.d/50-client.cnf", "[client]\ndefault-character-set=utf8mb4\n[client-mariadb]\n"
+    )
+    write(root / "mariadb.conf.d/50-server.cnf", """\
+        [server]
+        [mysqld]
+        user = mysql
+        pid-file = /run/mysqld/mysqld.pid
+        basedir = /usr
+        datadir = /var/lib/mysql
+        tmpdir = /tmp
+        bind-address = 127.0.0.1
+        [mariadb-10.11]
+        """)  # fmt: skip
+    write(root / "mariadb.conf.d/60-instances.cnf", """\
+        [mysqld.tab1]
+        datadir = /srv/tab1/data
+        socket = /run/mysqld/tab1.sock
+        pid-file = /run/mysqld/tab1.pid
+        port = 3307
+        server-id = 101
+        log-bin = /srv/tab1/binlog/tab1-bin
+        [client.tab1]
+        socket = /run/mysqld/tab1.sock
+        user = mysql
+        [mariadbd-10.11.TAB1]
+        innodb_log_group_home_dir = /srv/tab1/redo
+
+        [mysqld.tab2]
+        datadir = /srv/tab2/data
+        socket = /run/mysqld/tab2.sock
+        port = 3308
+        [client-server.tab2]
+        port = 3318
+        """)  # fmt: skip
+    write(
+        root / "mariadb.conf.d/70-late.cnf",
+        f"[mysqld]\nserver-id = 7\n[mysqld.tab2]\n!include {root}/tab2-extra.cnf\n",
+    )
+    write(root / "tab2-extra.cnf", "[server.tab2]\nlog-bin\n")
+    return root / "my.cnf"
+
+
+def test_debian_multi_instance_groups_with_a_suffix(tmp_path: Path) -> None:
+    path = debian_multi_instance(tmp_path / "etc")
+    plain = read_mycnf(path)
+    assert (plain.datadir, plain.socket, plain.port, plain.server_id) == (Path("/var/lib/mysql"), Path("/run/mysqld/mysqld.sock"), 3306, 7)  # fmt: skip
+    assert plain.client.socket == Path("/run/mysqld/mysqld.sock")
+
+    tab1 = read_mycnf(path, ".tab1")
+    assert tab1.datadir == Path("/srv/tab1/data")
+    assert (tab1.socket, tab1.port, tab1.pid_file) == (
+        Path("/run/mysqld/tab1.sock"),
+        3307,
+        Path("/run/mysqld/tab1.pid"),
+    )
+    assert tab1.log_bin == Path("/srv/tab1/binlog/tab1-bin")
+    assert tab1.innodb_log_group_home_dir == Path("/srv/tab1/redo")  # versioned group, suffix in capitals
+    assert tab1.server_id == 7  # a plain [mysqld] later in file order still wins, as in mysqld
+    assert (tab1.client.socket, tab1.client.user) == (Path("/run/mysqld/tab1.sock"), "mysql")
+
+    tab2 = read_mycnf(path, ".tab2")
+    assert (tab2.datadir, tab2.socket, tab2.port) == (
+        Path("/srv/tab2/data"),
+        Path("/run/mysqld/tab2.sock"),
+        3318,
+    )
+    assert tab2.pid_file == Path("/run/mysqld/mysqld.pid")  # from [mysqld]: the instance must set its own
+    assert tab2.log_bin == Path("/srv/tab2/data/mysqld-bin")  # bare log-bin in an included [server.tab2]
+    assert tab2.client.port == 3318  # [client-server.tab2] is a client group too
+    assert read_mycnf(path, ".TAB1").datadir == Path("/srv/tab1/data")  # names compare case-insensitively
+    assert read_mycnf(path, ".tab3").datadir == Path("/var/lib/mysql")  # no such groups: the plain ones
+
+
+def test_suffix_groups_are_not_read_without_the_suffix(tmp_path: Path) -> None:
+    path = cnf(tmp_path, "[mysqld.tab1]\ndatadir=/srv/tab1\n")
+    with pytest.raises(ConfigError, match=r"sets no datadir.*set --mycnf_group_suffix=\.<i>"):
+        read_mycnf(path)
+    assert read_mycnf(path, ".tab1").datadir == Path("/srv/tab1")
+    with pytest.raises(ConfigError, match=r"sets no datadir in a server group \(.*\[mysqld\.tab2\]"):
+        read_mycnf(path, ".tab2")

@@ -59,7 +59,7 @@ async def test_nonzero_exit_raises_with_redacted_argv_status_and_stderr_tail() -
         await run(["sh", "-c", script, "sh", "--password=hunter2", "-phunter2"])
     err = info.value
     assert err.returncode == 3
-    assert err.stderr_tail == tuple(f"line{i}" for i in range(21, 51))
+    assert err.stderr_tail == tuple(f"line{i}" for i in range(31, 51))
     assert "hunter2" not in str(err)
     assert "--password=****" in str(err)
     assert "exited with status 3" in str(err)

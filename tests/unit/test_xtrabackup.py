@@ -370,3 +370,17 @@ def test_restored_files_get_the_owner_of_their_directory(tmp_path: Path) -> None
     }
     assert owners["ibdata1"] == owners["db"] == owners["db/t.ibd"] == (4321, 4321)
     assert owners["agent-state"] == owners["agent-state/record"] == (0, 0), "the agent's state is left alone"
+
+
+def test_backup_max_rate_becomes_throttle_unless_the_flags_set_it() -> None:
+    argv = backup_argv(
+        "xb", Path("/c"), Path("/t"), settings(), socket=None, replica=False, max_rate=50 << 20
+    )
+    assert "--throttle=125" in argv  # 50 MiB/s, 1.25 x at 512 KiB a unit
+    slow = backup_argv("xb", Path("/c"), Path("/t"), settings(), socket=None, replica=False, max_rate=1000)
+    assert "--throttle=1" in slow
+    assert not any(a.startswith("--throttle") for a in backup_argv("xb", Path("/c"), Path("/t"), settings(),
+                                                                    socket=None, replica=False))  # fmt: skip
+    own = settings(xtrabackup_backup_flags="--throttle=7")
+    argv = backup_argv("xb", Path("/c"), Path("/t"), own, socket=None, replica=False, max_rate=50 << 20)
+    assert [a for a in argv if a.startswith("--throttle")] == ["--throttle=7"]

@@ -58,7 +58,8 @@ async def list_backups(tablet: Tablet, include_incomplete: bool) -> agentdata_pb
     ]
     verifications = await read_verifications(entries)
     return agentdata_pb2.ListBackupsResponse(
-        backups=[backup_info(e, v) for e, v in zip(entries, verifications, strict=True)]
+        backups=[backup_info(e, v) for e, v in zip(entries, verifications, strict=True)],
+        directory=tablet.backup_directory,
     )
 
 

@@ -18,7 +18,7 @@ from agent.operations import Operation
 from agent.ops.restore.preflight import PlannedBackup
 from agent.params import RestoreParams
 from agent.tablet import Tablet
-from engines.base import RestoreContext, RestoreTargets
+from engines.base import RestoreTargets
 from engines.binlog import binlog_files
 
 
@@ -31,17 +31,7 @@ async def restore_binlogs(
     for k, plan in enumerate(incrementals):
         dest = workdir / f"binlogs-{k}"
         await in_thread(lambda d=dest: d.mkdir(mode=0o700, parents=True, exist_ok=True))
-        ctx = RestoreContext(
-            mycnf=tablet.mycnf,
-            targets=RestoreTargets.binlogs_into(dest),
-            work_dir=workdir,
-            codec=plan.codec,
-            op=op,
-            handle=plan.entry.handle,
-            manifest=plan.manifest,
-            concurrency=tablet.config.restore_concurrency,
-        )
-        await plan.engine.restore(ctx)
+        await plan.engine.restore(plan.context(tablet, RestoreTargets.binlogs_into(dest), workdir, op))
         end = parse_position(plan.manifest.position, default_flavor=start.flavor)
         steps.append(ReplayStep(plan.entry.name, tuple(binlog_files(plan.manifest, dest)), end))
     return steps
@@ -83,7 +73,7 @@ async def replay(
         op=op,
         steps=steps,
     )
-    op.set_phase(f"replaying binlogs ({applier.name})")
+    op.set_phase("replaying binlogs", applier.name)
     await applier.apply(tablet.client, op, start, up_to(steps, target), workdir)
     executed = await replication.executed_position(tablet.client, info.flavor)
     if not executed.contains(target) or not target.contains(executed):

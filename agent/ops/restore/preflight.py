@@ -1,6 +1,7 @@
 """The restore preflight: everything a restore needs, checked before anything is touched (and in a dry
-run): the engine and codec each backup of the path names, every program they run, every stored object
-with the size the MANIFEST records, and room for the restored data beside the live data."""
+run): the engine and codec each backup of the path names, the key an encrypted backup needs and its
+MANIFEST's authentication tag, every program they run, every stored object with the size the MANIFEST
+records, and room for the restored data beside the live data."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.binlogs.apply import check_applier_tools
+from agent.catalog.encryption import keyring_from, restore_cipher
 from agent.catalog.listing import BackupEntry
 from agent.catalog.manifest import Manifest, ObjectRecord
 from agent.catalog.pitr_path import RestorePath
@@ -19,8 +22,13 @@ from agent.config import AgentConfig
 from agent.errors import DataLoss, FailedPrecondition, ResourceExhausted
 from agent.ops.codecs import codec_for_restore
 from agent.pipeline.compression import Codec, ExternalCodec
+from agent.pipeline.encryption import BackupCipher
 from engines import engine_for_manifest
-from engines.base import Engine, RestoreTargets
+from engines.base import Engine, RestoreContext, RestoreTargets
+
+if TYPE_CHECKING:
+    from agent.operations import Operation
+    from agent.tablet import Tablet
 
 SPACE_MARGIN = 0.05  # of the restored size, plus:
 SPACE_SLACK = 64 << 20
@@ -36,10 +44,28 @@ class PlannedBackup:
     engine: Engine
     codec: Codec
     objects: list[ObjectRecord]
+    cipher: BackupCipher | None = None  # an encrypted backup: its key, its MANIFEST verified
 
     @property
     def where(self) -> str:
         return f"{self.entry.directory}/{self.entry.name}"
+
+    def context(
+        self, tablet: Tablet, targets: RestoreTargets, work_dir: Path, op: Operation
+    ) -> RestoreContext:
+        """What the engine needs to restore this backup into `targets`."""
+        return RestoreContext(
+            mycnf=tablet.mycnf,
+            targets=targets,
+            work_dir=work_dir,
+            codec=self.codec,
+            op=op,
+            handle=self.entry.handle,
+            manifest=self.manifest,
+            concurrency=tablet.config.restore_concurrency,
+            cipher=self.cipher,
+            limits=tablet.limits.shared,
+        )
 
     def object_path(self, record: ObjectRecord) -> str:
         """`ks/0/<backup>/17`, and the file it holds when that says more."""
@@ -52,18 +78,20 @@ class PlannedBackup:
 
 
 async def plan_backups(config: AgentConfig, path: RestorePath) -> list[PlannedBackup]:
-    """Engine, codec, tools and the objects of each backup of `path`; every object is checked to exist
-    with its recorded size. FailedPrecondition (a missing tool, an untrusted decompressor) or DataLoss
-    (missing or resized objects, an unusable MANIFEST) before anything is touched."""
+    """Engine, codec, key, tools and the objects of each backup of `path`; every object is checked to exist
+    with its recorded size. FailedPrecondition (a missing tool or key, an untrusted decompressor) or
+    DataLoss (missing or resized objects, an unusable or forged MANIFEST) before anything is touched."""
     plans = []
+    keyring = keyring_from(config)
     for entry in (path.full, *path.incrementals):
         manifest = entry.manifest
         assert manifest is not None
+        cipher = restore_cipher(manifest, keyring, f"{entry.directory}/{entry.name}")
         engine = engine_for_manifest(manifest, config)
         codec = codec_for_restore(manifest, config)
         _check_codec_tool(codec)
         engine.needed_tools(manifest)
-        plans.append(PlannedBackup(entry, manifest, engine, codec, engine.stored_objects(manifest)))
+        plans.append(PlannedBackup(entry, manifest, engine, codec, engine.stored_objects(manifest), cipher))
     if path.incrementals:
         check_applier_tools(config.binlog_applier)
     for plan in plans:

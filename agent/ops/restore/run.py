@@ -41,7 +41,7 @@ from agent.ops.verify import verify_objects
 from agent.params import RestoreParams
 from agent.statedir.restore_journal import RestoreJournal, Step, clear_journal, read_journal, write_journal
 from agent.tablet import Tablet
-from engines.base import RestoreContext, RestoreTargets
+from engines.base import RestoreTargets
 
 REPLICATION_FILES = ("master.info", "relay-log.info", "multi-master.info")
 SAVED_REPLICATION = "replication-source"  # in the state dir: what an in-place restore cleared
@@ -50,6 +50,7 @@ SAVED_REPLICATION = "replication-source"  # in the state dir: what an in-place r
 async def start_restore(tablet: Tablet, params: RestoreParams) -> Operation:
     if not params.dry_run:
         await check_restore_allowed(tablet, params)
+    await tablet.runner.wait_for_background()
 
     async def work(op: Operation) -> None:
         await run_restore(tablet, params, op)
@@ -190,9 +191,7 @@ async def _restore_staged(
     try:
         await in_thread(swap.create, staging)
         op.set_phase("restoring into staging directories")
-        await run.full.engine.restore(
-            _context(tablet, run.full, staging.restore_targets, staging.work_dir, op)
-        )
+        await run.full.engine.restore(run.full.context(tablet, staging.restore_targets, staging.work_dir, op))
         await in_thread(_write_gtid_state, tablet.mycnf, staging.restore_targets, run.start)
         await run.prepare_point_in_time()
     except BaseException:
@@ -284,7 +283,7 @@ async def _restore_in_place(
         await in_thread(lambda: work_dir.mkdir(mode=0o750))
         op.set_phase("restoring files")
         targets = live_targets(cnf, tablet.state_dir)
-        await run.full.engine.restore(_context(tablet, run.full, targets, work_dir, op))
+        await run.full.engine.restore(run.full.context(tablet, targets, work_dir, op))
         await in_thread(_write_gtid_state, cnf, targets, run.start)
         await run.prepare_point_in_time()
         op.set_phase("starting mysqld")
@@ -358,21 +357,6 @@ async def discard_previous(tablet: Tablet) -> list[str]:
 
 
 # --- shared ------------------------------------------------------------------------------------------
-
-
-def _context(
-    tablet: Tablet, plan: PlannedBackup, targets: RestoreTargets, work_dir: Path, op: Operation
-) -> RestoreContext:
-    return RestoreContext(
-        mycnf=tablet.mycnf,
-        targets=targets,
-        work_dir=work_dir,
-        codec=plan.codec,
-        op=op,
-        handle=plan.entry.handle,
-        manifest=plan.manifest,
-        concurrency=tablet.config.restore_concurrency,
-    )
 
 
 async def _replication_source(tablet: Tablet) -> ReplicationSource | None:
