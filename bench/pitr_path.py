@@ -99,21 +99,32 @@ def write_s3(client: object, bucket: str, items: list[Manifest]) -> None:
         list(pool.map(put, items))
 
 
-async def choose(storage: BackupStorage, cache: ManifestCache, items: list[Manifest], now: datetime) -> float:
-    """Seconds for the slower of two restores' choices (listing + MANIFESTs + path)."""
-    worst = 0.0
+async def choose(
+    storage: BackupStorage, cache: ManifestCache, items: list[Manifest], now: datetime
+) -> tuple[float, str]:
+    """Seconds for the slower of two restores' choices (listing + path + re-reading the path's MANIFESTs),
+    and where they went."""
+    worst, detail = 0.0, ""
     middle = items[len(items) // 2].position
     for restore in ("time", "position"):
         begin = time.perf_counter()
         entries = await list_backup_entries(storage, DIRECTORY, cache=cache)
+        listed = time.perf_counter()
         if restore == "time":
             path = path_to_time(entries, now - timedelta(hours=1, minutes=30))
         else:
             path = path_to_position(entries, parse_position(middle))
+        found = time.perf_counter()
         assert await cache.confirm([path.full, *path.incrementals])  # a restore re-reads what it uses
-        worst = max(worst, time.perf_counter() - begin)
+        end = time.perf_counter()
+        if end - begin > worst:
+            worst = end - begin
+            detail = (
+                f"to a {restore}: listing {listed - begin:.3f} s, path {found - listed:.3f} s, re-reading "
+                f"{1 + len(path.incrementals)} MANIFESTs {end - found:.3f} s"
+            )
         assert len(entries) == len(items) and path.incrementals
-    return worst
+    return worst, detail
 
 
 async def measure(storage: BackupStorage, items: list[Manifest], now: datetime) -> tuple[float, float]:
@@ -121,7 +132,8 @@ async def measure(storage: BackupStorage, items: list[Manifest], now: datetime) 
     begin = time.perf_counter()
     await list_backup_entries(storage, DIRECTORY, cache=cache)
     cold = time.perf_counter() - begin
-    warm = min([await choose(storage, cache, items, now) for _ in range(RUNS)])
+    warm, detail = min([await choose(storage, cache, items, now) for _ in range(RUNS)])
+    print(f"{storage.describe()}: {detail}")
     return warm, cold
 
 

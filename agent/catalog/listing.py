@@ -24,6 +24,7 @@ from agent.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from agent.storage.base import BackupHandle, BackupStorage
 
 READ_CONCURRENCY = 8
+CONFIRM_CONCURRENCY = 16  # a restore path's MANIFESTs, read again before it is used
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,21 @@ class ManifestCache:
         """Read the MANIFESTs of the backups an operation is about to use again: True when each is still
         the cached one. When one changed or can no longer be read (storage is writable by others), forget
         the directory and return False: the caller lists again, reading every MANIFEST as stored now."""
+        limit = asyncio.Semaphore(CONFIRM_CONCURRENCY)
+
+        async def same(entry: BackupEntry) -> bool:
+            async with limit:
+                try:
+                    return await read_manifest(entry.handle) == entry.manifest
+                except (NotFound, DataLoss):
+                    return False
+
+        results = await asyncio.gather(*(same(e) for e in chosen))
+        if all(results):
+            return True
         for entry in chosen:
-            try:
-                fresh = await read_manifest(entry.handle)
-            except (NotFound, DataLoss):
-                fresh = None
-            if fresh is None or fresh != entry.manifest:
-                self._manifests.pop(entry.directory, None)
-                return False
-        return True
+            self._manifests.pop(entry.directory, None)
+        return False
 
 
 async def list_backup_entries(
