@@ -10,12 +10,12 @@ AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 
 .PHONY: setup system-packages run test test-unit lint proto proto-check bench clean install
 
-SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz etcd etcdctl node npm systemd-analyze duk
+SYSTEM_TOOLS := mariadbd mariabackup mbstream mariadb-binlog zstd lz4 pigz etcd etcdctl node npm systemd-analyze duk promtool
 APT_PACKAGES := mariadb-server mariadb-backup mariadb-client zstd lz4 pigz python3-venv etcd-server etcd-client
 NODE_PACKAGES := nodejs npm
 # For the unit's tests only, without recommends (no dbus), nothing started: systemd for systemd-analyze,
-# duktape for polkit's JavaScript engine (the polkit rule's test).
-APT_TOOLS_ONLY := systemd duktape
+# duktape for polkit's JavaScript engine (the polkit rule's test), prometheus for promtool (the alert rules' test).
+APT_TOOLS_ONLY := systemd duktape prometheus
 
 setup: system-packages $(VENV)/.installed $(AZURITE)
 

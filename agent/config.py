@@ -327,6 +327,20 @@ class AgentConfig(BaseModel):
         ge=0,
         description="Status reports a health problem when the newest backup is older (0: never)",
     )
+    backup_retention_full: int = Field(
+        default=0, ge=0, description="keep the newest N complete full backups (0: no count limit)"
+    )
+    backup_retention_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="keep every full backup newer than D days and the newest one older (0: no age limit)",
+    )
+    binlog_retention_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="keep the incrementals covering the last D days of point-in-time restore "
+        "(0: those of the full backups kept)",
+    )
 
     # vttablet's restore at start-up
     restore_from_backup: bool = Field(

@@ -87,6 +87,7 @@ class Operation:
     backup_name: str = ""
     engine: str = ""
     incremental: bool = False
+    dry_run: bool = False  # a restore that only checks: not counted as a restore in the metrics
     background: bool = False  # started by the agent itself (binlog archiving): requests wait for it
     timings: list[PhaseTiming] = field(default_factory=list)  # the phases so far, with their durations
     _events: deque[Event] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_LIMIT), repr=False)
@@ -270,6 +271,7 @@ class OperationRunner:
         engine: str = "",
         incremental: bool = False,
         background: bool = False,
+        dry_run: bool = False,
     ) -> Operation:
         running = self.current
         if running is not None:
@@ -277,7 +279,9 @@ class OperationRunner:
                 f"a {running.kind} is already running on tablet: {self._alias} (operation {running.id}; "
                 "wait for it or cancel it with `tabletctl cancel`)"
             )
-        op = Operation(kind=kind, engine=engine, incremental=incremental, background=background)
+        op = Operation(
+            kind=kind, engine=engine, incremental=incremental, background=background, dry_run=dry_run
+        )
         self._current = op
         for hook in self._start_hooks:
             try:

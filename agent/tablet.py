@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,9 @@ class Tablet:
     unfinished_restore: str = ""  # a restore that could not be finished or rolled back: why, for Status
     archive: ArchiveState = field(default_factory=ArchiveState)
     drained: bool = False  # restored to a point in time: out of serving, as Vitess's DRAINED
+    backups_removed: Counter[str] = field(default_factory=Counter)  # by kind (full/incremental/incomplete)
+    expiry_error: str = ""  # why the last backup expiry failed ("" after a success), for Status
+    expiry_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one expiry at a time in this agent
 
     @classmethod
     def create(cls, config: AgentConfig, environ: dict[str, str] | None = None) -> Tablet:

@@ -24,6 +24,7 @@ from agent.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from agent.storage.base import BackupHandle, BackupStorage
 
 READ_CONCURRENCY = 8
+CONFIRM_CONCURRENCY = 16  # a restore path's MANIFESTs, read again before it is used
 
 
 @dataclass(frozen=True)
@@ -72,15 +73,66 @@ async def write_manifest(handle: BackupHandle, manifest: Manifest) -> None:
         raise
 
 
+class ManifestCache:
+    """The parsed MANIFESTs of complete backups of one storage, by directory and backup name. A backup is
+    immutable once its MANIFEST is written, so a listing with a cache reads only the MANIFESTs it has not
+    seen complete (incomplete backups are read again every time); names no longer listed are dropped."""
+
+    def __init__(self) -> None:
+        self._manifests: dict[str, dict[str, Manifest]] = {}
+
+    def get(self, directory: str, name: str) -> Manifest | None:
+        return self._manifests.get(directory, {}).get(name)
+
+    def put(self, directory: str, name: str, manifest: Manifest) -> None:
+        self._manifests.setdefault(directory, {})[name] = manifest
+
+    def retain(self, directory: str, names: set[str]) -> None:
+        known = self._manifests.get(directory)
+        if known is not None:
+            for name in [n for n in known if n not in names]:
+                del known[name]
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self._manifests.values())
+
+    async def confirm(self, chosen: Sequence[BackupEntry]) -> bool:
+        """Read the MANIFESTs of the backups an operation is about to use again: True when each is still
+        the cached one. When one changed or can no longer be read (storage is writable by others), forget
+        the directory and return False: the caller lists again, reading every MANIFEST as stored now."""
+        limit = asyncio.Semaphore(CONFIRM_CONCURRENCY)
+
+        async def same(entry: BackupEntry) -> bool:
+            async with limit:
+                try:
+                    return await read_manifest(entry.handle) == entry.manifest
+                except (NotFound, DataLoss):
+                    return False
+
+        results = await asyncio.gather(*(same(e) for e in chosen))
+        if all(results):
+            return True
+        for entry in chosen:
+            self._manifests.pop(entry.directory, None)
+        return False
+
+
 async def list_backup_entries(
-    storage: BackupStorage, directory: str, *, concurrency: int = READ_CONCURRENCY
+    storage: BackupStorage,
+    directory: str,
+    *,
+    concurrency: int = READ_CONCURRENCY,
+    cache: ManifestCache | None = None,
 ) -> list[BackupEntry]:
-    """Every backup of `directory`, oldest first, with its MANIFEST read (concurrently).
+    """Every backup of `directory`, oldest first, with its MANIFEST read (concurrently; from `cache` when
+    it holds it).
 
     A missing or invalid MANIFEST makes an incomplete entry; other storage errors propagate, so an
     outage never silently turns the newest backup into an "incomplete" one.
     """
     handles = await storage.list_backups(directory)
+    if cache is not None:
+        cache.retain(directory, {h.name for h in handles})
     limit = asyncio.Semaphore(concurrency)
 
     async def entry(handle: BackupHandle) -> BackupEntry:
@@ -93,17 +145,29 @@ async def list_backup_entries(
                 )
             except DataLoss as e:
                 return BackupEntry(handle, None, False, str(e))
+        if cache is not None:
+            cache.put(directory, handle.name, m)
         return BackupEntry(handle, m, True, None)
 
-    tasks = [asyncio.ensure_future(entry(h)) for h in handles]
+    found: dict[int, BackupEntry] = {}
+    unread: list[tuple[int, BackupHandle]] = []
+    for i, h in enumerate(handles):
+        cached = cache.get(directory, h.name) if cache is not None else None
+        if cached is not None:
+            found[i] = BackupEntry(h, cached, True, None)
+        else:
+            unread.append((i, h))
+    tasks = [asyncio.ensure_future(entry(h)) for _, h in unread]
     try:
-        return list(await asyncio.gather(*tasks))
+        for (i, _), read in zip(unread, await asyncio.gather(*tasks), strict=True):
+            found[i] = read
     except BaseException:
         for t in tasks:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks)
         raise
+    return [found[i] for i in range(len(handles))]
 
 
 def newest_complete_full(

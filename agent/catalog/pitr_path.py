@@ -13,6 +13,7 @@ chain are older than the time is decided later, by reading the binlogs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta
 from agent.catalog.listing import BackupEntry
 from agent.catalog.manifest import Manifest, format_time, parse_time
 from agent.errors import FailedPrecondition, InvalidArgument
-from agent.mysql.gtid import Position, parse_position
+from agent.mysql.gtid import Flavor, MariaDBGTIDSet, Position, parse_position
 
 TIME_RESOLUTION = timedelta(seconds=1)
 
@@ -73,16 +74,28 @@ def _chain(
     incrementals: Sequence[BackupEntry], start: Position, reached: Callable[[BackupEntry, Position], bool]
 ) -> list[BackupEntry] | None:
     """Incrementals from `start` until one is `reached`; None if the chain breaks first. Each step takes a
-    reaching candidate if there is one, else the one that goes furthest."""
+    reaching candidate if there is one (the first listed), else the one that goes furthest."""
+    keys = _scalar_keys(incrementals, start)
+    if keys is not None:
+        return _chain_scalar(incrementals, keys, start, reached)
+    return _chain_general(incrementals, start, reached)
+
+
+def _chain_general(
+    incrementals: Sequence[BackupEntry], start: Position, reached: Callable[[BackupEntry, Position], bool]
+) -> list[BackupEntry] | None:
+    """The definition, for any GTID sets: every step looks at every incremental."""
+    parsed = []
+    for e in incrementals:
+        m = _manifest(e)
+        begin, end = _position(e, m.from_position, start), _position(e, m.position, start)
+        if begin is not None and end is not None:
+            parsed.append((e, begin, end))
     current, chain = start, []
     while True:
-        candidates: list[tuple[BackupEntry, Position]] = []
-        for e in incrementals:
-            m = _manifest(e)
-            begin, end = _position(e, m.from_position, start), _position(e, m.position, start)
-            if begin is None or end is None or not current.contains(begin) or current.contains(end):
-                continue
-            candidates.append((e, end))
+        candidates = [
+            (e, end) for e, begin, end in parsed if current.contains(begin) and not current.contains(end)
+        ]
         if not candidates:
             return None
         done = [c for c in candidates if reached(*c)]
@@ -95,6 +108,81 @@ def _chain(
         if done:
             return chain
         current = end
+
+
+# A MariaDB position of at most one GTID (`MariaDB/0-1-42`, bare `0-1-42`, or empty): positions of one
+# domain are totally ordered by sequence number, which makes a chain a sweep instead of a search.
+_ONE_GTID = re.compile(r"^\s*(?:mariadb/)?(?:(\d{1,10})-(\d{1,10})-(\d{1,20}))?\s*$", re.IGNORECASE)
+_U32, _U64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
+
+
+def _scalar_key(text: str) -> tuple[int, int] | None:
+    """(domain, sequence) of a one-GTID MariaDB position, (-1, -1) for the empty one, None otherwise."""
+    m = _ONE_GTID.match(text)
+    if m is None:
+        return None
+    if m.group(1) is None:
+        return (-1, -1) if text.strip().lower() in ("mariadb/", "") else None
+    domain, server, seq = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if domain > _U32 or server > _U32 or seq > _U64:
+        return None
+    return domain, seq
+
+
+def _scalar_keys(incrementals: Sequence[BackupEntry], start: Position) -> list[tuple[int, int]] | None:
+    """Every incremental's (begin, end) sequence numbers, when the start and every incremental are one-GTID
+    MariaDB positions of one domain (where `a.contains(b)` is `seq(a) >= seq(b)`); else None."""
+    if start.flavor is not Flavor.MARIADB or not isinstance(start.gtids, MariaDBGTIDSet):
+        return None
+    gtids = start.gtids.gtids
+    if len(gtids) > 1:
+        return None
+    domain = gtids[0].domain if gtids else -1
+    keys = []
+    for e in incrementals:
+        m = _manifest(e)
+        begin, end = _scalar_key(m.from_position), _scalar_key(m.position)
+        if begin is None or end is None:
+            return None
+        for d, _ in (begin, end):
+            if d != -1:
+                if domain not in (-1, d):
+                    return None
+                domain = d
+        keys.append((begin[1], end[1]))
+    return keys
+
+
+def _chain_scalar(
+    incrementals: Sequence[BackupEntry],
+    keys: list[tuple[int, int]],
+    start: Position,
+    reached: Callable[[BackupEntry, Position], bool],
+) -> list[BackupEntry] | None:
+    """`_chain_general` for totally ordered positions, as one sweep: the candidates at `current` are the
+    incrementals with begin <= current < end; `current` only grows, so an incremental whose end it passed
+    never comes back, and one whose begin it passed stays entered."""
+    gtids = start.gtids.gtids if isinstance(start.gtids, MariaDBGTIDSet) else ()
+    current = gtids[0].seq if gtids else -1
+    by_begin = sorted(range(len(keys)), key=lambda i: keys[i][0])
+    entered = 0
+    active: list[int] = []
+    chain: list[BackupEntry] = []
+    while True:
+        while entered < len(by_begin) and keys[by_begin[entered]][0] <= current:
+            active.append(by_begin[entered])
+            entered += 1
+        active = sorted(i for i in active if keys[i][1] > current)  # listed order, as the definition
+        if not active:
+            return None
+        for i in active:
+            end = _position(incrementals[i], _manifest(incrementals[i]).position, start)
+            if end is not None and reached(incrementals[i], end):
+                chain.append(incrementals[i])
+                return chain
+        best = max(active, key=lambda i: keys[i][1])  # the first listed of those that go furthest
+        chain.append(incrementals[best])
+        current = keys[best][1]
 
 
 def path_to_position(

@@ -12,10 +12,12 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
-from agent.catalog.listing import BackupEntry, list_backup_entries
+from agent.catalog.listing import BackupEntry, ManifestCache, list_backup_entries
+from agent.catalog.manifest import Manifest, parse_time
 from agent.catalog.verification import Verification, read_verification
 from agent.errors import AgentError
 from agent.storage.base import BackupStorage
@@ -31,6 +33,28 @@ class Newest:
     listed_at: float  # time.time() of the listing; 0: never listed
     error: str = ""  # why the last listing failed
     full_verification: Verification | None = None  # the newest full backup's last verification
+
+    @property
+    def recovery_point(self) -> datetime | None:
+        """The time of the newest transaction a restore can reach: the newest incremental's last
+        transaction (`IncrementalDetails.LastTimestamp`) or the newest full backup's BackupTime, whichever
+        is later; None without a complete backup."""
+        times = []
+        if self.full is not None and self.full.manifest is not None and self.full.manifest.backup_datetime:
+            times.append(self.full.manifest.backup_datetime)
+        m = self.incremental.manifest if self.incremental is not None else None
+        if m is not None and m.incremental_details is not None and m.incremental_details.last_timestamp:
+            with contextlib.suppress(ValueError):
+                times.append(parse_time(m.incremental_details.last_timestamp))
+        return max(times) if times else None
+
+
+def stored_size(m: Manifest) -> int:
+    """Bytes as stored, from our integrity keys (0 when the writer did not record them)."""
+    total = sum(fe.stored_size or 0 for fe in m.file_entries or [])
+    if m.tablet_agent is not None:
+        total += sum(o.stored_size for o in m.tablet_agent.objects)
+    return total
 
 
 def newest_complete(entries: list[BackupEntry]) -> Newest:
@@ -53,6 +77,7 @@ class BackupSummary:
         self._storage = storage
         self._directory = directory
         self.newest = Newest(None, None, 0.0)
+        self.manifests = ManifestCache()  # shared by every listing of this storage (see list_backup_entries)
         self._task: asyncio.Task[None] | None = None
         self._again = False
 
@@ -71,7 +96,7 @@ class BackupSummary:
         while True:
             self._again = False
             try:
-                entries = await list_backup_entries(self._storage, self._directory)
+                entries = await list_backup_entries(self._storage, self._directory, cache=self.manifests)
             except (AgentError, OSError) as e:
                 log.warning("listing backups for Status failed", error=str(e))
                 self.newest = Newest(self.newest.full, self.newest.incremental, self.newest.listed_at, str(e))

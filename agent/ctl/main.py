@@ -21,7 +21,7 @@ from agent.catalog.manifest import looks_like_backup_name
 from agent.config import EngineName
 from agent.ctl import backups as listing
 from agent.ctl.progress import follow
-from agent.ctl.render import Console, human_size, pb_time, print_event, render_status
+from agent.ctl.render import Console, human_size, pb_time, print_event, render_expiry, render_status
 from agent.ctl.shard import choose, render_tablets, survey
 from agent.errors import AgentError, ConfigError
 from agent.pb import (
@@ -379,6 +379,18 @@ def make_parser(environ: Mapping[str, str] | None = None) -> CtlParser:
     rm.add_argument(
         "--force", action="store_true", help="also remove the incremental backups that chain from it"
     )
+    ex = command(
+        "expire",
+        "apply the agent's retention policy (--backup_retention_full/--backup_retention_days/"
+        "--binlog_retention_days): remove the backups it lets go",
+    )
+    ex.add_argument(
+        "--dry_run",
+        "--dry-run",
+        action="store_true",
+        help="print the plan (what is kept and why), remove nothing",
+    )
+    ex.add_argument("--json", action="store_true", help="print the plan as one JSON document")
 
     for name, text in (
         ("tablets", "list a shard's tablets from the topology, with their health"),
@@ -613,6 +625,14 @@ async def run(args: argparse.Namespace) -> int:
             )
             for name in rmresp.removed:
                 print(f"removed {name}")
+        elif cmd == "expire":
+            exresp = await stub.ExpireBackups(
+                agentdata_pb2.ExpireBackupsRequest(dry_run=args.dry_run), timeout=max(args.timeout, 600)
+            )
+            if args.json:
+                print(json_format.MessageToJson(exresp, preserving_proto_field_name=True))
+            else:
+                print(render_expiry(exresp))
     return EXIT_OK
 
 

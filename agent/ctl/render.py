@@ -119,3 +119,28 @@ def render_status(s: agentdata_pb2.StatusResponse) -> str:
             lines.append(f"{label:<12} {b.name} ({b.engine or 'builtin'}) position={b.position}")
     lines.append("health       " + ("ok" if not s.health_problems else "; ".join(s.health_problems)))
     return "\n".join(lines)
+
+
+def render_expiry(r: agentdata_pb2.ExpireBackupsResponse) -> str:
+    """The retention plan: every backup, kept or removed and why, then a summary."""
+    lines = [f"policy: {r.policy}"]
+    removed = set(r.removed)
+    for d in r.decisions:
+        if d.keep:
+            action = "keep"
+        elif r.dry_run:
+            action = "would remove"
+        else:
+            action = "removed" if d.name in removed else "not removed"
+        lines.append(f"{action:<13}{d.kind:<12}{d.name}  ({d.reason})")
+    going = sum(1 for d in r.decisions if not d.keep)
+    kept = len(r.decisions) - going
+    verb = "would be removed" if r.dry_run else "removed"
+    count = going if r.dry_run else len(r.removed)
+    lines.append(f"{count} backup(s) {verb}, {kept} kept")
+    if r.anchor:
+        since = ""
+        if r.HasField("window_start"):
+            since = f" from {datetime.fromtimestamp(r.window_start.seconds, UTC):%Y-%m-%dT%H:%M:%SZ} on"
+        lines.append(f"point-in-time restores start from full backup {r.anchor}{since}")
+    return "\n".join(lines)

@@ -36,6 +36,7 @@ from agent.log import configure_logging, get_logger
 from agent.operations import Operation
 from agent.ops.archive import ROLE, Archiver
 from agent.ops.check import check_at_start, warn_at_start
+from agent.ops.health import health_problem_kinds
 from agent.ops.restore.at_start import restore_on_start, startup_restore_params
 from agent.ops.startup import prepare_tablet
 from agent.ops.tablet_type import current_type
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG = 2
 PENDING_BINLOGS_INTERVAL = 60.0
+HEALTH_INTERVAL = 10.0
 log = get_logger("agent.daemon.main")
 
 
@@ -208,7 +210,9 @@ async def serve(config: AgentConfig, argv: Sequence[str] | None = None) -> int:
         address=f"{config.grpc_bind_address}:{port}",
         version=AGENT_VERSION,
     )
-    metrics = AgentMetrics(tablet.runner, tablet.summary, tablet.archive, config.binlog_archive_interval)
+    metrics = AgentMetrics(
+        tablet.runner, tablet.summary, tablet.archive, config.binlog_archive_interval, tablet.backups_removed
+    )
     if config.metrics_port:
         metrics_port = metrics.serve(config.metrics_bind_address, config.metrics_port)
         log.info("metrics served", address=f"{config.metrics_bind_address}:{metrics_port}")
@@ -216,6 +220,7 @@ async def serve(config: AgentConfig, argv: Sequence[str] | None = None) -> int:
     background = [
         asyncio.create_task(tablet.summary.run()),
         asyncio.create_task(track_pending_binlogs(tablet, metrics)),
+        asyncio.create_task(track_health(tablet, metrics)),
     ]
     if config.restore_from_backup:
         background.append(asyncio.create_task(_restore_on_start(tablet)))
@@ -388,6 +393,18 @@ async def track_pending_binlogs(tablet: Tablet, metrics: AgentMetrics) -> None:
         except (AgentError, OSError) as e:
             log.debug("cannot count pending binlogs", error=str(e))
         await asyncio.sleep(PENDING_BINLOGS_INTERVAL)
+
+
+async def track_health(tablet: Tablet, metrics: AgentMetrics) -> None:
+    """Keep the health-problem metric fresh: Status's problems, every HEALTH_INTERVAL seconds."""
+    await tablet.summary.wait()
+    while True:
+        try:
+            state = await tablet.mysqld_states.get()
+            metrics.health_problems = {kind for kind, _ in health_problem_kinds(tablet, state)}
+        except (AgentError, OSError) as e:
+            log.debug("cannot evaluate health", error=str(e))
+        await asyncio.sleep(HEALTH_INTERVAL)
 
 
 def export_group_suffix(config: AgentConfig, environ: MutableMapping[str, str]) -> None:

@@ -1,21 +1,27 @@
 """Prometheus metrics of one agent, on their own registry, served over HTTP on `--metrics_port`.
 
-Labels are bounded: kind (backup/restore), engine (the registered engines), result (the five results),
-type (full/incremental/restore) and code (gRPC status names).
+Labels are bounded: kind (backup/restore/verify), engine (the registered engines), result (the five
+results), type (full/incremental/restore), code (gRPC status names) and problem (ops.health.PROBLEM_KINDS).
+The operation metrics share one label set: kind, engine, result. Dry-run restores are not counted.
+The backup gauges come from the cached listing (catalog/summary.py), so they are right after a restart.
 """
 
 from __future__ import annotations
 
+import time
+from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.catalog.summary import BackupSummary
+from agent.catalog.listing import BackupEntry
+from agent.catalog.summary import BackupSummary, stored_size
 from agent.errors import ConfigError
 from agent.operations import Kind, Operation, OperationRunner, Result
+from agent.ops.health import PROBLEM_KINDS
 from agent.tablet import ArchiveState
 
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600)
@@ -27,7 +33,7 @@ class _Current(Collector):
     def __init__(self, metrics: AgentMetrics) -> None:
         self._m = metrics
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         running = GaugeMetricFamily(
             "tablet_agent_operation_in_progress", "1 while an operation of this kind runs", labels=["kind"]
         )
@@ -60,6 +66,65 @@ class _Current(Collector):
                 "closed binary logs holding transactions that no backup of the shard covers yet",
                 value=self._m.binlog_files_pending,
             )
+        yield from self._backups()
+        removed = CounterMetricFamily(
+            "tablet_agent_backups_removed",
+            "backups removed (by retention or RemoveBackup), by type",
+            labels=["type"],
+        )
+        for backup_type in ("full", "incremental", "incomplete"):
+            removed.add_metric([backup_type], float(self._m.backups_removed[backup_type]))
+        yield removed
+        if self._m.health_problems is not None:
+            health = GaugeMetricFamily(
+                "tablet_agent_health_problem",
+                "1 while the tablet has this kind of health problem (Status has the sentence)",
+                labels=["problem"],
+            )
+            for problem in PROBLEM_KINDS:
+                health.add_metric([problem], 1.0 if problem in self._m.health_problems else 0.0)
+            yield health
+
+    def _backups(self) -> Iterator[Metric]:
+        """The shard's newest backups and the recovery point, from the cached listing."""
+        if self._m.summary is None or not self._m.summary.newest.listed_at:
+            return
+        newest = self._m.summary.newest
+        stamp = GaugeMetricFamily(
+            "tablet_agent_newest_backup_timestamp_seconds",
+            "BackupTime of the shard's newest complete backup of each type",
+            labels=["type"],
+        )
+        size = GaugeMetricFamily(
+            "tablet_agent_newest_backup_size_bytes",
+            "stored bytes of the shard's newest complete backup of each type",
+            labels=["type"],
+        )
+        for kind, entry in (("full", newest.full), ("incremental", newest.incremental)):
+            t = _backup_time(entry)
+            if t is not None and entry is not None and entry.manifest is not None:
+                stamp.add_metric([kind], t)
+                size.add_metric([kind], float(stored_size(entry.manifest)))
+        yield stamp
+        yield size
+        point = newest.recovery_point
+        if point is not None:
+            yield GaugeMetricFamily(
+                "tablet_agent_recovery_point_timestamp_seconds",
+                "time of the newest transaction a restore can reach (newest incremental's last transaction, "
+                "else the newest full backup's time)",
+                value=point.timestamp(),
+            )
+            yield GaugeMetricFamily(
+                "tablet_agent_binlog_archive_lag_seconds",
+                "seconds since the recovery point: transactions newer than this would be lost",
+                value=max(0.0, time.time() - point.timestamp()),
+            )
+
+
+def _backup_time(entry: BackupEntry | None) -> float | None:
+    t = entry.manifest.backup_datetime if entry is not None and entry.manifest is not None else None
+    return t.timestamp() if t is not None else None
 
 
 class AgentMetrics:
@@ -69,12 +134,15 @@ class AgentMetrics:
         summary: BackupSummary | None = None,
         archive: ArchiveState | None = None,
         archive_interval: float = 0.0,
+        backups_removed: Tally[str] | None = None,
     ) -> None:
         self.runner = runner
         self.summary = summary
         self.archive = archive
+        self.backups_removed: Tally[str] = backups_removed if backups_removed is not None else Tally()
         self.registry = CollectorRegistry()
         self.binlog_files_pending: int | None = None
+        self.health_problems: set[str] | None = None  # kinds present, refreshed by the daemon
         r = self.registry
         self.operations = Counter(
             "tablet_agent_operations", "finished operations", ["kind", "engine", "result"], registry=r
@@ -82,7 +150,7 @@ class AgentMetrics:
         self.bytes = Counter(
             "tablet_agent_operation_bytes",
             "bytes copied by finished operations",
-            ["kind", "engine"],
+            ["kind", "engine", "result"],
             registry=r,
         )
         self.duration = Histogram(
@@ -117,11 +185,13 @@ class AgentMetrics:
         runner.on_finish(self.observe)
 
     def observe(self, op: Operation) -> None:
+        if op.dry_run:
+            return  # a dry-run restore checks; it restores nothing
         engine = op.engine or "unknown"
         for timing in op.timings:
             self.phases.labels(op.kind.value, timing.phase).observe(timing.seconds)
         self.operations.labels(op.kind.value, engine, op.result.value).inc()
-        self.bytes.labels(op.kind.value, engine).inc(op.bytes_done)
+        self.bytes.labels(op.kind.value, engine, op.result.value).inc(op.bytes_done)
         if op.ended is not None:
             self.duration.labels(op.kind.value, engine, op.result.value).observe(
                 (op.ended - op.started).total_seconds()

@@ -14,7 +14,7 @@ from agent.catalog.verification import Depth
 from agent.daemon import convert
 from agent.daemon.requests import backup_params, restore_params
 from agent.daemon.views import replication
-from agent.daemon.views.backups import list_backups, remove_backup
+from agent.daemon.views.backups import expire, list_backups, remove_backup
 from agent.daemon.views.full_status import build_full_status
 from agent.daemon.views.status import build_status
 from agent.errors import AgentError
@@ -138,6 +138,11 @@ class TabletManagerServicer(tabletmanagerservice_pb2_grpc.TabletManagerServicer)
         self, request: agentdata_pb2.RemoveBackupRequest, context: Ctx
     ) -> agentdata_pb2.RemoveBackupResponse:
         return await _call(context, lambda: remove_backup(self.tablet, request.name, request.force))
+
+    async def ExpireBackups(
+        self, request: agentdata_pb2.ExpireBackupsRequest, context: Ctx
+    ) -> agentdata_pb2.ExpireBackupsResponse:
+        return await _call(context, lambda: expire(self.tablet, request.dry_run))
 
     async def CancelOperation(
         self, request: agentdata_pb2.CancelOperationRequest, context: Ctx

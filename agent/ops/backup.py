@@ -21,6 +21,7 @@ from agent.errors import AgentError, DataLoss, FailedPrecondition
 from agent.mysql.gtid import Flavor, parse_position
 from agent.operations import Kind, Operation
 from agent.ops.codecs import codec_for_backup, compression_fields
+from agent.ops.expire import expire_after_backup
 from agent.ops.tablet_type import check_backup_allowed, resting_type
 from agent.ops.verify import verify_backup
 from agent.params import BackupParams, InitSQL
@@ -126,6 +127,8 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
                 f"backup {directory}/{name} failed its verification ({depth}): {'; '.join(result.problems[:5])}; "
                 "restores will pass over it"
             )
+    if not params.incremental:
+        await expire_after_backup(tablet, op)
 
 
 async def _new_backup(tablet: Tablet) -> tuple[datetime, str, BackupHandle]:
@@ -160,7 +163,7 @@ async def incremental_source(tablet: Tablet, params: BackupParams) -> Incrementa
     if text != "auto" and not looks_like_backup_name(text):
         return IncrementalSource(parse_position(text, default_flavor=info.flavor))
     directory = tablet.backup_directory
-    entries = await list_backup_entries(tablet.storage, directory)
+    entries = await list_backup_entries(tablet.storage, directory, cache=tablet.summary.manifests)
     for entry in reversed(entries):
         m = entry.manifest
         if text not in ("auto", entry.name):

@@ -14,6 +14,28 @@ from agent.tablet import Tablet
 
 PLANNED_BY_OFFLINE_BACKUP = ("mysqld is not running", "mysqld is not reachable")
 PLANNED_BY_ONLINE_BACKUP = ("replication SQL thread stopped",)
+# The short, bounded name of each kind of problem (the `problem` label of tablet_agent_health_problem).
+MYSQLD_PROBLEMS = {
+    "mysqld is not running": "mysqld_not_running",
+    "mysqld is not reachable": "mysqld_unreachable",
+    "replication SQL thread stopped": "replication_sql_stopped",
+    "replication IO thread stopped": "replication_io_stopped",
+}
+PROBLEM_KINDS = (
+    *MYSQLD_PROBLEMS.values(),
+    "mysqld_other",
+    "unfinished_restore",
+    "last_backup_failed",
+    "backup_listing_failed",
+    "no_full_backup",
+    "backup_too_old",
+    "backup_verification_failed",
+    "not_replicating_after_restore",
+    "insecure_grpc",
+    "expiry_failed",
+    "binlog_archive_gap",
+    "binlog_archive_failed",
+)
 
 
 def planned_state(tablet: Tablet) -> str:
@@ -31,10 +53,18 @@ def planned_state(tablet: Tablet) -> str:
 
 
 def health_problems(tablet: Tablet, state: MysqldState) -> list[str]:
+    """What an operator must act on, as sentences (Status)."""
+    return [text for _, text in health_problem_kinds(tablet, state)]
+
+
+def health_problem_kinds(tablet: Tablet, state: MysqldState) -> list[tuple[str, str]]:
+    """The problems as (kind, sentence): kind is one of PROBLEM_KINDS (metrics), the sentence says more."""
     config = tablet.config
-    problems = [p for p in state.problems if not _planned(tablet, p)]
+    problems = [
+        (MYSQLD_PROBLEMS.get(p, "mysqld_other"), p) for p in state.problems if not _planned(tablet, p)
+    ]
     if tablet.unfinished_restore:
-        problems.append(tablet.unfinished_restore)
+        problems.append(("unfinished_restore", tablet.unfinished_restore))
     last_backup = next(
         (
             op
@@ -44,13 +74,18 @@ def health_problems(tablet: Tablet, state: MysqldState) -> list[str]:
         None,
     )
     if last_backup is not None and last_backup.result is Result.FAILED:
-        problems.append("last backup failed")
+        problems.append(("last_backup_failed", "last backup failed"))
+    if tablet.expiry_error:
+        problems.append(("expiry_failed", f"expiring old backups failed: {tablet.expiry_error}"))
     newest = tablet.summary.newest
-    problems += backup_problems(newest, tablet.backup_directory, config.backup_max_age_hours)
+    problems += backup_problem_kinds(newest, tablet.backup_directory, config.backup_max_age_hours)
     if newest.full_verification is not None and not newest.full_verification.ok:
         problems.append(
-            f"the newest full backup {newest.full_verification.backup} failed verification: "
-            + "; ".join(newest.full_verification.problems[:2])
+            (
+                "backup_verification_failed",
+                f"the newest full backup {newest.full_verification.backup} failed verification: "
+                + "; ".join(newest.full_verification.problems[:2]),
+            )
         )
     if (
         tablet.restored_to
@@ -63,16 +98,21 @@ def health_problems(tablet: Tablet, state: MysqldState) -> list[str]:
         )
     ):
         problems.append(
-            f"replica not replicating since the restore of {tablet.restored_to}: start replication "
-            "(START SLAVE) once it should follow its source"
+            (
+                "not_replicating_after_restore",
+                f"replica not replicating since the restore of {tablet.restored_to}: start replication "
+                "(START SLAVE) once it should follow its source",
+            )
         )
     archive = tablet.archive
     if archive.gap:
-        problems.append(archive.gap)
+        problems.append(("binlog_archive_gap", archive.gap))
     if archive.active and archive.problem:
-        problems.append(archive.problem)
+        problems.append(("binlog_archive_failed", archive.problem))
     if config.grpc_cert is None and not is_loopback(config.grpc_bind_address):
-        problems.append(f"INSECURE: plaintext gRPC on {config.grpc_bind_address} (--grpc_insecure)")
+        problems.append(
+            ("insecure_grpc", f"INSECURE: plaintext gRPC on {config.grpc_bind_address} (--grpc_insecure)")
+        )
     return problems
 
 
@@ -91,12 +131,18 @@ def backup_problems(
     newest: Newest, directory: str, max_age_hours: float, now: float | None = None
 ) -> list[str]:
     """'no backup in 24h' and friends, from the cached listing."""
+    return [text for _, text in backup_problem_kinds(newest, directory, max_age_hours, now)]
+
+
+def backup_problem_kinds(
+    newest: Newest, directory: str, max_age_hours: float, now: float | None = None
+) -> list[tuple[str, str]]:
     if newest.error:
-        return [f"cannot list backups: {newest.error}"]
+        return [("backup_listing_failed", f"cannot list backups: {newest.error}")]
     if not newest.listed_at:
         return []
     if newest.full is None:
-        return [f"no complete full backup in {directory}"]
+        return [("no_full_backup", f"no complete full backup in {directory}")]
     times = [
         e.manifest.backup_datetime
         for e in (newest.full, newest.incremental)
@@ -105,5 +151,5 @@ def backup_problems(
     if max_age_hours and times:
         age = ((now or time.time()) - max(times).timestamp()) / 3600
         if age > max_age_hours:
-            return [f"no backup in {max_age_hours:g}h (the newest is {age:.0f}h old)"]
+            return [("backup_too_old", f"no backup in {max_age_hours:g}h (the newest is {age:.0f}h old)")]
     return []

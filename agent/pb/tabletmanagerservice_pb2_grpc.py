@@ -120,6 +120,11 @@ class TabletManagerStub:
                 request_serializer=agent_dot_pb_dot_agentdata__pb2.CheckRequest.SerializeToString,
                 response_deserializer=agent_dot_pb_dot_agentdata__pb2.CheckResponse.FromString,
                 _registered_method=True)
+        self.ExpireBackups = channel.unary_unary(
+                '/tabletmanagerservice.TabletManager/ExpireBackups',
+                request_serializer=agent_dot_pb_dot_agentdata__pb2.ExpireBackupsRequest.SerializeToString,
+                response_deserializer=agent_dot_pb_dot_agentdata__pb2.ExpireBackupsResponse.FromString,
+                _registered_method=True)
 
 
 class TabletManagerServicer:
@@ -228,6 +233,12 @@ class TabletManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExpireBackups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TabletManagerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +326,11 @@ def add_TabletManagerServicer_to_server(servicer, server):
                     servicer.Check,
                     request_deserializer=agent_dot_pb_dot_agentdata__pb2.CheckRequest.FromString,
                     response_serializer=agent_dot_pb_dot_agentdata__pb2.CheckResponse.SerializeToString,
+            ),
+            'ExpireBackups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpireBackups,
+                    request_deserializer=agent_dot_pb_dot_agentdata__pb2.ExpireBackupsRequest.FromString,
+                    response_serializer=agent_dot_pb_dot_agentdata__pb2.ExpireBackupsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -776,6 +792,33 @@ class TabletManager:
             '/tabletmanagerservice.TabletManager/Check',
             agent_dot_pb_dot_agentdata__pb2.CheckRequest.SerializeToString,
             agent_dot_pb_dot_agentdata__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpireBackups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tabletmanagerservice.TabletManager/ExpireBackups',
+            agent_dot_pb_dot_agentdata__pb2.ExpireBackupsRequest.SerializeToString,
+            agent_dot_pb_dot_agentdata__pb2.ExpireBackupsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,7 @@ class TabletManagerStub:
     VerifyBackup: _grpc.UnaryStreamMultiCallable[_agentdata_pb2.VerifyBackupRequest, _agentdata_pb2.VerifyBackupResponse]
     DiscardPrevious: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.DiscardPreviousRequest, _agentdata_pb2.DiscardPreviousResponse]
     Check: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.CheckRequest, _agentdata_pb2.CheckResponse]
+    ExpireBackups: _grpc.UnaryUnaryMultiCallable[_agentdata_pb2.ExpireBackupsRequest, _agentdata_pb2.ExpireBackupsResponse]
 
 @_typing.type_check_only
 class TabletManagerAsyncStub(TabletManagerStub):
@@ -74,6 +75,7 @@ class TabletManagerAsyncStub(TabletManagerStub):
     VerifyBackup: _aio.UnaryStreamMultiCallable[_agentdata_pb2.VerifyBackupRequest, _agentdata_pb2.VerifyBackupResponse]  # type: ignore[assignment]
     DiscardPrevious: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.DiscardPreviousRequest, _agentdata_pb2.DiscardPreviousResponse]  # type: ignore[assignment]
     Check: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.CheckRequest, _agentdata_pb2.CheckResponse]  # type: ignore[assignment]
+    ExpireBackups: _aio.UnaryUnaryMultiCallable[_agentdata_pb2.ExpireBackupsRequest, _agentdata_pb2.ExpireBackupsResponse]  # type: ignore[assignment]
 
 class TabletManagerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -195,5 +197,12 @@ class TabletManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _agentdata_pb2.CheckRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agentdata_pb2.CheckResponse, _abc.Awaitable[_agentdata_pb2.CheckResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExpireBackups(
+        self,
+        request: _agentdata_pb2.ExpireBackupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agentdata_pb2.ExpireBackupsResponse, _abc.Awaitable[_agentdata_pb2.ExpireBackupsResponse]]: ...
 
 def add_TabletManagerServicer_to_server(servicer: TabletManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -52,17 +52,18 @@ async def shard_lock(
     *,
     wait: float = 0.0,
     ttl: int = LOCK_TTL,
+    action: str = "backup-shard",
 ) -> AsyncIterator[None]:
-    """Hold `<root>/keyspaces/<ks>/shards/<shard>/backup-shard_lock` for the block. If another holder
-    has it, wait up to `wait` seconds, then fail with FailedPrecondition naming the holder."""
-    key = shard_lock_key(root, keyspace, shard, "backup-shard")
+    """Hold `<root>/keyspaces/<ks>/shards/<shard>/<action>_lock` (`backup-shard`, `expire`) for the block.
+    If another holder has it, wait up to `wait` seconds, then fail with FailedPrecondition naming it."""
+    key = shard_lock_key(root, keyspace, shard, action)
     lease = await client.grant(ttl)
     deadline = time.monotonic() + wait
     try:
         while (held := await client.create(key, holder_value(what), lease)) is not None:
             if time.monotonic() >= deadline:
                 raise FailedPrecondition(
-                    f"shard {keyspace}/{shard} is locked by {describe_holder(held.value)}: another backup-shard is "
+                    f"shard {keyspace}/{shard} is locked by {describe_holder(held.value)}: another {action} is "
                     f"running; retry when it ends (or pass --lock-wait SECONDS). A crashed holder's lock expires "
                     f"within {ttl}s"
                 )

@@ -189,7 +189,9 @@ def test_metrics_endpoint_after_backups(
     assert any(line.startswith("tablet_agent_operation_duration_seconds_bucket{") for line in lines)
     assert any(line.startswith("tablet_agent_binlog_files_pending ") for line in lines)
     assert any(
-        line.startswith('tablet_agent_operation_bytes_total{engine="builtin",kind="backup"}')
+        line.startswith(
+            'tablet_agent_operation_bytes_total{engine="builtin",kind="backup",result="succeeded"}'
+        )
         for line in lines
     )
 

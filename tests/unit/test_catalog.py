@@ -163,3 +163,30 @@ async def test_manifest_round_trip_through_storage(tmp_path: Path) -> None:
     assert await read_manifest(handle) == m
     entry = BackupEntry(handle, m, True, None)
     assert entry.directory == DIR and entry.name == "b1"
+
+
+async def test_the_manifest_cache_reads_each_complete_backup_once(tmp_path: Path) -> None:
+    from agent.catalog.listing import ManifestCache
+
+    storage = FileBackupStorage(tmp_path)
+    await _backup(storage, 10, Manifest(BackupMethod="builtin", Position="MariaDB/0-1-5"))
+    await _backup(storage, 11, None)
+    cache = ManifestCache()
+    first = await list_backup_entries(storage, DIR, cache=cache)
+    assert len(cache) == 1  # incomplete backups are never cached
+    done = tmp_path / DIR / first[0].name / "MANIFEST"
+    original = done.read_bytes()
+    done.write_bytes(original.replace(b"0-1-5", b"0-1-6"))
+    again = await list_backup_entries(storage, DIR, cache=cache)
+    assert again[0].manifest == first[0].manifest  # from the cache: complete backups are immutable
+    assert not again[1].complete
+    # an operation about to use a backup confirms it: a changed MANIFEST forgets the directory
+    assert not await cache.confirm([again[0]])
+    assert len(cache) == 0
+    fresh = await list_backup_entries(storage, DIR, cache=cache)
+    assert fresh[0].manifest is not None and fresh[0].manifest.position == "MariaDB/0-1-6"
+    assert await cache.confirm([fresh[0]])
+    # removed backups leave the cache with the next listing
+    await storage.remove_backup(DIR, fresh[0].name)
+    await list_backup_entries(storage, DIR, cache=cache)
+    assert len(cache) == 0

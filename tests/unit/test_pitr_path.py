@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -124,3 +125,42 @@ def test_path_to_time() -> None:
 def test_time_reached_by_a_later_transaction_in_the_binlogs() -> None:
     entries = [full("f", "0-1-10", finished=0), inc("i", "0-1-10", "0-1-20", started=5, last=50)]
     assert names(path_to_time(entries, T0 + timedelta(seconds=40))) == ["f", "i"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_sweep_chooses_as_the_definition(seed: int) -> None:
+    """One-domain MariaDB chains are found by a sweep (`_chain_scalar`); on random, overlapping, out-of-order
+    incrementals it picks exactly what the definition (`_chain_general`) picks."""
+    from agent.catalog.pitr_path import _chain_general, _chain_scalar, _scalar_keys
+
+    rng = random.Random(seed)
+    entries = []
+    for i in range(rng.randint(1, 30)):
+        begin = rng.randint(0, 60)
+        end = max(0, begin + rng.randint(-3, 25))
+        frm = f"0-{rng.randint(1, 3)}-{begin}" if begin else ""  # any server id; "" is the empty position
+        entries.append(inc(f"i{i:02d}", frm, f"0-1-{end}", started=i))
+    for _ in range(10):
+        start = parse_position(f"MariaDB/0-1-{rng.randint(0, 50)}")
+        target = parse_position(f"MariaDB/0-1-{rng.randint(0, 90)}")
+
+        def reached(_e: BackupEntry, end: Any, target: Any = target) -> bool:
+            return bool(end.contains(target))
+
+        keys = _scalar_keys(entries, start)
+        assert keys is not None
+        fast = _chain_scalar(entries, keys, start, reached)
+        slow = _chain_general(entries, start, reached)
+        assert (fast is None) == (slow is None)
+        if fast is not None and slow is not None:
+            assert [e.name for e in fast] == [e.name for e in slow]
+
+
+def test_other_positions_use_the_definition() -> None:
+    from agent.catalog.pitr_path import _scalar_keys
+
+    two_domains = [inc("a", "0-1-1", "0-1-5,1-2-3")]
+    assert _scalar_keys(two_domains, parse_position("MariaDB/0-1-1")) is None
+    other_domain = [inc("a", "1-1-1", "1-1-5")]
+    assert _scalar_keys(other_domain, parse_position("MariaDB/0-1-1")) is None
+    assert _scalar_keys([inc("a", "0-1-1", "0-1-5")], parse_position("MariaDB/0-1-1")) == [(1, 5)]

@@ -1,24 +1,19 @@
-"""ListBackups and RemoveBackup: the backups of this tablet's keyspace/shard, as the storage holds them."""
+"""ListBackups, RemoveBackup and ExpireBackups: the backups of this tablet's keyspace/shard, as the storage
+holds them."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from agent.catalog.listing import BackupEntry, list_backup_entries
-from agent.catalog.manifest import Manifest, parse_time
+from agent.catalog.manifest import parse_time
+from agent.catalog.summary import stored_size
 from agent.catalog.verification import Verification, read_verifications
 from agent.daemon import convert
 from agent.errors import FailedPrecondition, NotFound
+from agent.ops.expire import expire_backups
 from agent.pb import agentdata_pb2
 from agent.tablet import Tablet
-
-
-def stored_size(m: Manifest) -> int:
-    """Bytes as stored, from our integrity keys (0 when the writer did not record them)."""
-    total = sum(fe.stored_size or 0 for fe in m.file_entries or [])
-    if m.tablet_agent is not None:
-        total += sum(o.stored_size for o in m.tablet_agent.objects)
-    return total
 
 
 def backup_info(entry: BackupEntry, verification: Verification | None = None) -> agentdata_pb2.BackupInfo:
@@ -80,6 +75,12 @@ def dependents(entries: list[BackupEntry], name: str) -> list[str]:
     return found
 
 
+def _kind(e: BackupEntry) -> str:
+    if not e.complete or e.manifest is None:
+        return "incomplete"
+    return "incremental" if e.manifest.incremental else "full"
+
+
 async def remove_backup(tablet: Tablet, name: str, force: bool) -> agentdata_pb2.RemoveBackupResponse:
     running = tablet.runner.current
     if running is not None and running.backup_name == name:
@@ -97,8 +98,29 @@ async def remove_backup(tablet: Tablet, name: str, force: bool) -> agentdata_pb2
             "remove it and them"
         )
     removed = []
+    kinds = {e.name: _kind(e) for e in entries}
     for victim in [*reversed(deps), name] if force else [name]:
         await tablet.storage.remove_backup(tablet.backup_directory, victim)
         removed.append(victim)
+        tablet.backups_removed[kinds[victim]] += 1
     tablet.summary.refresh()
     return agentdata_pb2.RemoveBackupResponse(removed=removed)
+
+
+async def expire(tablet: Tablet, dry_run: bool) -> agentdata_pb2.ExpireBackupsResponse:
+    result = await expire_backups(tablet, dry_run=dry_run)
+    plan = result.plan
+    response = agentdata_pb2.ExpireBackupsResponse(
+        policy=result.policy.describe(),
+        decisions=[
+            agentdata_pb2.ExpireDecision(name=d.name, kind=d.kind, keep=d.keep, reason=d.reason)
+            for d in plan.decisions
+        ],
+        removed=list(result.removed),
+        dry_run=result.dry_run,
+        anchor=plan.anchor.name if plan.anchor is not None else "",
+    )
+    start = convert.time_to_pb(plan.window_start)
+    if start is not None:
+        response.window_start.CopyFrom(start)
+    return response

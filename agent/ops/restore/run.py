@@ -55,14 +55,14 @@ async def start_restore(tablet: Tablet, params: RestoreParams) -> Operation:
     async def work(op: Operation) -> None:
         await run_restore(tablet, params, op)
 
-    return tablet.runner.start(Kind.RESTORE, work)
+    return tablet.runner.start(Kind.RESTORE, work, dry_run=params.dry_run)
 
 
 async def choose_path(tablet: Tablet, params: RestoreParams, op: Operation) -> RestorePath:
     """The full backup to restore and, for a point in time, the incrementals to replay after it. Full
     backups whose last verification failed are passed over, with a warning."""
     directory = tablet.backup_directory
-    entries = await list_backup_entries(tablet.storage, directory)
+    entries = await list_backup_entries(tablet.storage, directory, cache=tablet.summary.manifests)
     for entry in entries:
         if not entry.complete:
             op.warning(f"skipping incomplete backup {entry.handle.name}: {entry.problem or 'no MANIFEST'}")
@@ -76,6 +76,9 @@ async def choose_path(tablet: Tablet, params: RestoreParams, op: Operation) -> R
             path = RestorePath(
                 newest_complete_full(entries, before=params.backup_time, allowed_engines=allowed), ()
             )
+        if not await tablet.summary.manifests.confirm([path.full, *path.incrementals]):
+            entries = await list_backup_entries(tablet.storage, directory, cache=tablet.summary.manifests)
+            continue  # a chosen MANIFEST changed in storage: choose again from what is stored now
         verification = await read_verification(path.full.handle)
         if verification is None or verification.ok:
             return path
