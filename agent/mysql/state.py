@@ -94,6 +94,7 @@ class MysqldStateCache:
         return self._refresh
 
     async def _fetch(self) -> MysqldState:
+        started = time.monotonic()  # the state is as old as the question, not the answer
         state = await mysqld_state(self._client, self._mysqld)
-        self._state, self._at = state, time.monotonic()
+        self._state, self._at = state, started
         return state

@@ -74,6 +74,20 @@ def ctl(etcd: EtcdServer, *args: str, env: dict[str, str] | None = None) -> subp
     )
 
 
+def until_listed(etcd: EtcdServer, expected: dict[str, str]) -> str:
+    """The `tablets` listing once each alias's line shows its expected health: an agent serves a mysqld
+    state up to a second old (agent/mysql/state.py FRESH), so a change made a moment ago shows soon after."""
+    deadline = time.monotonic() + 15
+    while True:
+        listing = ctl(etcd, "tablets", "ks/0")
+        assert listing.returncode == 0, listing.stderr
+        lines = {line.split()[0]: line for line in listing.stdout.splitlines()[1:] if line.strip()}
+        if all(text in lines.get(alias, "") for alias, text in expected.items()):
+            return listing.stdout
+        assert time.monotonic() < deadline, f"expected {expected}, listed:\n{listing.stdout}"
+        time.sleep(0.2)
+
+
 @dataclass
 class Shard:
     primary: Sandbox
@@ -114,9 +128,8 @@ def test_backup_shard_picks_the_healthy_replica_and_reports_reasons(
 ) -> None:
     assert registered(etcd) == ["zone1-0000000101", "zone1-0000000102", "zone1-0000000103"]
     shard.replicas[1].sql("STOP SLAVE SQL_THREAD")
-    listing = ctl(etcd, "tablets", "ks/0")
-    assert listing.returncode == 0, listing.stderr
-    assert "replication SQL thread stopped" in listing.stdout and "PRIMARY" in listing.stdout
+    listing = until_listed(etcd, {"zone1-0000000103": "replication SQL thread stopped"})
+    assert "zone1-0000000101   PRIMARY" in listing
 
     res = ctl(etcd, "backup-shard", "ks/0")
     assert res.returncode == 0, res.stderr
@@ -126,6 +139,7 @@ def test_backup_shard_picks_the_healthy_replica_and_reports_reasons(
 
     # both replicas unhealthy: the reasons per tablet; the primary only when allowed
     shard.replicas[0].sql("STOP SLAVE")
+    until_listed(etcd, {"zone1-0000000102": "replication"})
     res = ctl(etcd, "backup-shard", "ks/0")
     assert res.returncode == 1
     assert "no tablet available for backup in ks/0" in res.stderr
@@ -138,12 +152,14 @@ def test_backup_shard_picks_the_healthy_replica_and_reports_reasons(
 
 def test_incremental_shard_backup_chains_across_tablets(shard: Shard, etcd: EtcdServer, storage_root) -> None:
     shard.replicas[1].sql("STOP SLAVE SQL_THREAD")
+    until_listed(etcd, {"zone1-0000000103": "replication SQL thread stopped"})
     assert ctl(etcd, "backup-shard", "ks/0").returncode == 0
     full = complete_backups(storage_root)[0]
     pos = shard.primary.write_rows(12)
     shard.replicas[1].sql("START SLAVE SQL_THREAD")
     shard.replicas[1].wait_for_gtid(pos)
     shard.replicas[0].sql("STOP SLAVE SQL_THREAD")
+    until_listed(etcd, {"zone1-0000000102": "replication SQL thread stopped", "zone1-0000000103": " ok"})
     res = ctl(etcd, "backup-shard", "ks/0", "--incremental-from-pos", "auto")
     assert res.returncode == 0, res.stderr
     assert "on zone1-0000000103" in res.stdout
@@ -198,6 +214,7 @@ def test_two_backup_shard_runs_never_overlap(
     shard.agents["zone1-0000000102"].stop()
     agent_factory(shard.replicas[0], alias="zone1-0000000102", extra=[*topo_flags(etcd), *XTRA, *SLOW])
     shard.replicas[1].sql("STOP SLAVE SQL_THREAD")
+    until_listed(etcd, {"zone1-0000000103": "replication SQL thread stopped"})
     env = {**os.environ, "PYTHONPATH": str(REPO), "TABLETCTL_TOPO_SERVER": etcd.address}
     first = subprocess.Popen(
         [sys.executable, "-m", "agent.ctl.main", "backup-shard", "ks/0"],
