@@ -1,6 +1,7 @@
 """Many local files to stored objects and back, several at a time (the builtin engine's data files and the
 binlog engine's binary logs): one object per file (each sealed with its own data key when encrypted),
-compression threads, buffers and rate limits shared by all."""
+compression threads, buffers and rate limits shared by all. Files below `SMALL_FILE` go in batches
+(`pipeline.small_files`), bigger ones through the streaming pipeline each."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from pathlib import Path
 from agent.aio.localfiles import fsync_path
 from agent.aio.tasks import for_each, in_thread
 from agent.operations import Operation
-from agent.pipeline.compression import Codec
+from agent.pipeline.compression import Codec, ExternalCodec
 from agent.pipeline.digests import StoredFile
 from agent.pipeline.encryption import BackupCipher, opener_for, sealer_for
 from agent.pipeline.load import restore
 from agent.pipeline.progress import FileProgress
 from agent.pipeline.ratelimit import IoLimits
+from agent.pipeline.small_files import SMALL_FILE, SmallFile, batches, store_batch
 from agent.pipeline.store import file_chunks, store
 from agent.pipeline.workers import Workers
 from agent.storage.base import BackupHandle
@@ -63,19 +65,27 @@ async def store_files(
     op.add_total(total)
     op.info(f"copying {len(files)} files ({total / 2**20:.1f} MiB) with concurrency {concurrency}")
     results: list[StoredFile | None] = [None] * len(files)
+    work: list[int | list[int]] = []  # a file streamed on its own, or a batch of small files
+    small = (
+        [] if isinstance(codec, ExternalCodec) else [i for i, f in enumerate(files) if f.size < SMALL_FILE]
+    )
+    if small:
+        work += [i for i, f in enumerate(files) if f.size >= SMALL_FILE]
+        work += [[small[k] for k in run] for run in batches([files[i].size for i in small])]
+    else:
+        work += range(len(files))
     # One set of compression threads for all files: the CPUs stay busy to the end of the
     # biggest file, and memory does not grow with the concurrency.
     async with Workers() as workers:
 
-        async def copy(i: int, f: FileToStore) -> None:
+        async def store_one(f: FileToStore) -> StoredFile:
             writer = await handle.add_file(f.object_name, f.size)
-            progress = FileProgress(op, "backing up", f.name, f.size)
             try:
-                results[i] = await store(
+                return await store(
                     file_chunks(f.path),
                     writer,
                     codec,
-                    on_progress=progress,
+                    on_progress=FileProgress(op, "backing up", f.name, f.size),
                     workers=workers,
                     sealer=sealer_for(cipher, f.object_name),
                     limits=limits,
@@ -84,7 +94,24 @@ async def store_files(
                 await writer.abort()
                 raise
 
-        await for_each(files, copy, concurrency)
+        async def copy(_: int, item: int | list[int]) -> None:
+            if isinstance(item, int):
+                results[item] = await store_one(files[item])
+                return
+            assert not isinstance(codec, ExternalCodec)
+            stored = await store_batch(
+                handle,
+                [SmallFile(files[i].object_name, files[i].path, files[i].size) for i in item],
+                codec,
+                workers,
+                cipher=cipher,
+                limits=limits,
+                on_progress=op.add_done,
+            )
+            for i, s in zip(item, stored, strict=True):
+                results[i] = s
+
+        await for_each(work, copy, concurrency)
     return [r for r in results if r is not None]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import mmap
 import os
 import threading
@@ -70,11 +71,15 @@ class Workers:
         self._buffers.setdefault(len(buf), deque()).append(buf)
 
     def submit(self, fn: Callable[[Buffer], T], data: Buffer) -> asyncio.Future[T]:
+        return self.call(functools.partial(fn, data))
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `fn` in one of the CPU threads (a batch of small files, say)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 self.threads, thread_name_prefix="codec", initializer=_lower_priority
             )
-        return asyncio.wrap_future(self._pool.submit(fn, data))
+        return asyncio.wrap_future(self._pool.submit(fn))
 
 
 def _lower_priority() -> None:

@@ -229,6 +229,9 @@ class _AzblobHandle(HandleState):
         blob = self._storage.key(self._directory, self._name, filename)
         await put_blob(self._storage.service, blob, data)
 
+    async def make_durable(self) -> None:
+        """Nothing to do: an object is durable once its upload completes."""
+
     async def end(self) -> None:
         self._require_writable("end")
         unfinished = [n for n, w in self._writers.items() if not (w.closed or w.aborted)]

@@ -287,6 +287,9 @@ class _S3Handle(HandleState):
             **self._storage.encryption_args(),
         )
 
+    async def make_durable(self) -> None:
+        """Nothing to do: an object is durable once its upload completes."""
+
     async def end(self) -> None:
         self._require_writable("end")
         unfinished = [n for n, w in self._writers.items() if not (w.closed or w.aborted)]
