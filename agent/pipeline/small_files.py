@@ -10,12 +10,13 @@ bounded by the batch size times the number of batches in flight.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.aio.localfiles import FileChunks
-from agent.pipeline.compression import InProcessCodec
+from agent.aio.localfiles import local_error
+from agent.pipeline.compression import Buffer, InProcessCodec, whole_compressor
 from agent.pipeline.digests import StoredFile, stored_whole
 from agent.pipeline.encryption import BackupCipher, sealer_for
 from agent.pipeline.ratelimit import IoLimits
@@ -25,6 +26,7 @@ from agent.storage.base import BackupHandle, put_objects
 SMALL_FILE = 1 << 20  # files below this size are stored in batches
 BATCH_BYTES = 4 << 20
 BATCH_FILES = 128
+READ_MORE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -54,27 +56,31 @@ def batches(
 
 
 def read_whole(path: Path) -> bytes:
-    """A local file's bytes (errors as the streaming path reports them)."""
-    src = FileChunks(path, SMALL_FILE)
-    src.open()
+    """A local file's bytes, read in one call where its size says how many there are."""
     try:
-        parts = []
-        while data := src.read():
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise local_error("cannot open", path, e) from e
+    try:
+        size = os.fstat(fd).st_size
+        parts = [os.read(fd, size + 1)]
+        # a short read of a regular file is its end; a full one means it grew since fstat
+        while len(parts[-1]) > size and (data := os.read(fd, READ_MORE)):
             parts.append(data)
+            size = 0
+    except OSError as e:
+        raise local_error("cannot read", path, e) from e
     finally:
-        src.close()
+        os.close(fd)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def encode_bytes(
-    original: bytes, codec: InProcessCodec, cipher: BackupCipher | None, object_name: str
+    original: Buffer, compress: Callable[[Buffer], bytes], cipher: BackupCipher | None, object_name: str
 ) -> bytes:
-    """`original` as object `object_name` stores it: the codec's whole stream, sealed when encrypted."""
-    compressor = codec.new_compressor()
-    try:
-        out = compressor.compress(original) + compressor.flush()
-    finally:
-        compressor.close()
+    """`original` as object `object_name` stores it: the codec's whole stream (`compress`, from
+    `whole_compressor`), sealed when encrypted."""
+    out = compress(original)
     sealer = sealer_for(cipher, object_name)
     return out if sealer is None else sealer.update(out) + sealer.finish()
 
@@ -82,10 +88,11 @@ def encode_bytes(
 def _encode_batch(
     files: Sequence[SmallFile], codec: InProcessCodec, cipher: BackupCipher | None
 ) -> list[tuple[bytes, StoredFile]]:
+    compress = whole_compressor(codec)
     out = []
     for f in files:
         original = read_whole(f.path)
-        stored = encode_bytes(original, codec, cipher, f.object_name)
+        stored = encode_bytes(original, compress, cipher, f.object_name)
         out.append((stored, stored_whole(original, stored)))
     return out
 

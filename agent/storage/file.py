@@ -283,7 +283,7 @@ class _FileBackupHandle(HandleState):
         def write() -> None:
             nonlocal done
             for name, data in objects:
-                _write_object(self._path / name, data, sync=sync)
+                _write_object(self._dir_fd, self._path, name, data, sync=sync)
                 done += 1
             if sync:
                 _fsync_dir(self._path)
@@ -432,15 +432,21 @@ class _FileBackupHandle(HandleState):
         await in_thread(remove)
 
 
-def _write_object(final: Path, data: Buffer, *, sync: bool) -> None:
-    """A whole object: temporary name, written, (fsync'd,) renamed; never over an existing object."""
-    tmp = final.with_name(f".{final.name}.tmp-{secrets.token_hex(6)}")
-    if final.exists():
-        raise FailedPrecondition(f"{final} already exists: backup objects are never overwritten")
+def _write_object(dir_fd: int, directory: Path, name: str, data: Buffer, *, sync: bool) -> None:
+    """A whole object in the directory open as `dir_fd`: temporary name, written, (fsync'd,) renamed;
+    never over an existing object. Names are resolved from `dir_fd`, not walked from the root each time."""
+    tmp = f".{name}.tmp-{secrets.token_hex(6)}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    else:
+        raise FailedPrecondition(f"{directory / name} already exists: backup objects are never overwritten")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, FILE_MODE, dir_fd=dir_fd)
     except OSError as e:
-        raise storage_error("cannot create", tmp, e) from e
+        raise storage_error("cannot create", directory / tmp, e) from e
     try:
         try:
             _write_all(fd, data)
@@ -448,11 +454,11 @@ def _write_object(final: Path, data: Buffer, *, sync: bool) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, final)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError as e:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise storage_error("cannot write", final, e) from e
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise storage_error("cannot write", directory / name, e) from e
 
 
 class _FileWriter:

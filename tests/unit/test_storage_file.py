@@ -71,9 +71,9 @@ def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
         real_fsync(fd)
 
-    def rename(a: Any, b: Any) -> None:
+    def rename(a: Any, b: Any, **dir_fds: Any) -> None:
         events.append("rename")
-        real_rename(a, b)
+        real_rename(a, b, **dir_fds)
 
     def syncfs(fd: int) -> None:
         events.append("syncfs")
