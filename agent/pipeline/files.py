@@ -5,7 +5,6 @@ compression threads, buffers and rate limits shared by all. Files below `SMALL_F
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from agent.pipeline.ratelimit import IoLimits
 from agent.pipeline.small_files import SMALL_FILE, SmallFile, batches, store_batch
 from agent.pipeline.store import file_chunks, store
 from agent.pipeline.workers import Workers
-from agent.storage.base import BackupHandle
+from agent.storage.base import BackupHandle, object_sizes
 
 
 @dataclass(frozen=True)
@@ -127,14 +126,14 @@ async def restore_files(
 ) -> None:
     """Put every object back into its path, check its hashes, and make the files and their directories
     durable; the biggest first, `concurrency` at a time."""
-    sizes = await asyncio.gather(*(handle.file_size(o.object_name) for o in objects))
+    sizes = await object_sizes(handle, [o.object_name for o in objects])
     op.add_total(sum(o.size or s or 0 for o, s in zip(objects, sizes, strict=True)))
     op.info(f"restoring {len(objects)} files with concurrency {concurrency}")
     order = sorted(range(len(objects)), key=lambda i: sizes[i] or 0, reverse=True)
+    await in_thread(_make_directories, {o.path.parent for o in objects})
 
     async def restore_one(_: int, i: int) -> None:
         o = objects[i]
-        await in_thread(_make_parent, o.path)
         await restore(
             handle.read_file(o.object_name),
             codec,
@@ -159,8 +158,9 @@ async def restore_files(
     await for_each([*paths, *directories], _fsync, concurrency)
 
 
-def _make_parent(dest: Path) -> None:
-    dest.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+def _make_directories(directories: set[Path]) -> None:
+    for d in sorted(directories):
+        d.mkdir(mode=0o750, parents=True, exist_ok=True)
 
 
 async def _fsync(_: int, path: Path) -> None:
