@@ -1,6 +1,7 @@
-"""Small files stored in batches: the files of a batch are read, compressed, sealed and hashed in one step
-of a CPU thread, and written by the storage in one step, where a streaming `store` per file would cost
-several tasks and thread hops each (thousands of tables make as many tiny files).
+"""Small files stored and restored in batches: the files of a batch are read, compressed, sealed and hashed
+in one step of a CPU thread, and written by the storage in one step, where a streaming `store` per file
+would cost several tasks and thread hops each (thousands of tables make as many tiny files); the way back
+reads a batch of objects in one storage step and decodes, checks and writes them in one CPU step.
 
 Each file is still its own object, encoded exactly as `store` encodes it (the codec's stream of the
 whole file, sealed with the object's own data key), so a restore cannot tell the two apart. Memory is
@@ -15,13 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.aio.localfiles import local_error
+from agent.aio.localfiles import LocalFile, local_error
+from agent.aio.tasks import complete
 from agent.pipeline.compression import Buffer, InProcessCodec, whole_compressor
 from agent.pipeline.digests import StoredFile, stored_whole
-from agent.pipeline.encryption import BackupCipher, sealer_for
+from agent.pipeline.encryption import BackupCipher, opener_for, sealer_for
+from agent.pipeline.load import decode_whole
 from agent.pipeline.ratelimit import IoLimits
 from agent.pipeline.workers import Workers
-from agent.storage.base import BackupHandle, put_objects
+from agent.storage.base import BackupHandle, get_objects, put_objects
 
 SMALL_FILE = 1 << 20  # files below this size are stored in batches
 BATCH_BYTES = 4 << 20
@@ -34,6 +37,17 @@ class SmallFile:
     object_name: str
     path: Path
     size: int
+
+
+@dataclass(frozen=True)
+class SmallObject:
+    """An object to restore into `path`; `where` is how errors name it."""
+
+    object_name: str
+    where: str
+    path: Path
+    crc32_hex: str | None
+    sha256_hex: str | None
 
 
 def batches(
@@ -113,7 +127,7 @@ async def store_batch(
         await limits.disk.pace(sum(f.size for f in files))
     await workers.acquire()
     try:
-        encoded = await workers.call(functools.partial(_encode_batch, files, codec, cipher))
+        encoded = await complete(workers.call(functools.partial(_encode_batch, files, codec, cipher)))
     finally:
         workers.release()
     stored_bytes = sum(len(data) for data, _ in encoded)
@@ -123,3 +137,57 @@ async def store_batch(
     if on_progress is not None:
         on_progress(sum(s.size for _, s in encoded))
     return [s for _, s in encoded]
+
+
+def _decode_batch(
+    objects: Sequence[SmallObject],
+    stored: Sequence[bytes],
+    codec: InProcessCodec,
+    cipher: BackupCipher | None,
+) -> int:
+    done = 0
+    for o, data in zip(objects, stored, strict=True):
+        local = LocalFile(o.path)
+        local.open()
+        try:
+            result = decode_whole(
+                data,
+                codec,
+                local.write,
+                expected_crc32_hex=o.crc32_hex,
+                expected_sha256_hex=o.sha256_hex,
+                name=o.where,
+                opener=opener_for(cipher, o.object_name, o.where),
+            )
+            local.finish(sync=False)
+        except BaseException:
+            local.discard()
+            raise
+        done += result.size
+    return done
+
+
+async def restore_batch(
+    handle: BackupHandle,
+    objects: Sequence[SmallObject],
+    codec: InProcessCodec,
+    workers: Workers,
+    *,
+    cipher: BackupCipher | None = None,
+    limits: IoLimits | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
+    """Restore each of `objects` (whole, small, into directories that exist) with the checks of `restore`:
+    read in one storage step (paced by the storage limit), decoded and written in one CPU step. The files
+    are not synced: the caller syncs them all at the end."""
+    stored = await get_objects(handle, [o.object_name for o in objects])
+    if limits is not None:
+        await limits.storage.pace(sum(len(data) for data in stored))
+    await workers.acquire()
+    try:
+        # to the end even when cancelled: the thread must be done with the files before anyone removes them
+        done = await complete(workers.call(functools.partial(_decode_batch, objects, stored, codec, cipher)))
+    finally:
+        workers.release()
+    if on_progress is not None:
+        on_progress(done)

@@ -140,6 +140,14 @@ class WritesBatches(Protocol):
 
 
 @runtime_checkable
+class ReadsBatches(Protocol):
+    """Optional handle capability: several small objects read whole in one step."""
+
+    async def get_objects(self, filenames: Sequence[str]) -> list[bytes]:
+        """Each object's bytes, in order; NotFound naming the first missing one."""
+
+
+@runtime_checkable
 class ListsObjects(Protocol):
     """Optional handle capability: the stored sizes of all its objects in one listing."""
 
@@ -160,6 +168,13 @@ async def put_objects(handle: BackupHandle, objects: Sequence[tuple[str, Buffer]
         except BaseException:
             await writer.abort()
             raise
+
+
+async def get_objects(handle: BackupHandle, filenames: Sequence[str]) -> list[bytes]:
+    """Small objects read whole: in one step where the handle can, else one by one."""
+    if isinstance(handle, ReadsBatches):
+        return await handle.get_objects(filenames)
+    return [b"".join([bytes(chunk) async for chunk in handle.read_file(name)]) for name in filenames]
 
 
 async def object_sizes(handle: BackupHandle, names: Sequence[str]) -> list[int | None]:

@@ -94,6 +94,10 @@ def _open_dir(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
 def _makedirs(path: Path) -> None:
     """mkdir -p with DIR_MODE, fsync'ing each new directory into its parent."""
     missing: list[Path] = []
@@ -322,6 +326,24 @@ class _FileBackupHandle(HandleState):
 
         # A FileChunks: the pipeline reads it into its own reused buffers.
         return FileChunks(path, READ_CHUNK, error, follow_symlinks=False)
+
+    async def get_objects(self, filenames: Sequence[str]) -> list[bytes]:
+        paths = [self._path / validate_object_name(name) for name in filenames]
+
+        def read_all() -> list[bytes]:
+            out = []
+            for name, path in zip(filenames, paths, strict=True):
+                try:
+                    with open(path, "rb", buffering=0, opener=_no_follow) as f:
+                        out.append(f.readall())
+                except FileNotFoundError:
+                    where = f"backup {self._directory}/{self._name} ({self._storage.describe()})"
+                    raise NotFound(f"{name} not found in {where}") from None
+                except OSError as e:
+                    raise storage_error("cannot read", path, e) from e
+            return out
+
+        return await in_thread(read_all)
 
     async def file_size(self, filename: str) -> int | None:
         path = self._path / validate_object_name(filename)

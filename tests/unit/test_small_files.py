@@ -3,14 +3,16 @@ encoded exactly as the streaming pipeline encodes it: hashes, compression and en
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.errors import AgentError
+from agent.errors import AgentError, DataLoss, NotFound
 from agent.operations import Kind, Operation
 from agent.pipeline.compression import Buffer, CodecOptions, ExternalCodec, get_codec, whole_compressor
 from agent.pipeline.encryption import BackupCipher, MasterKey, sealer_for
@@ -148,3 +150,85 @@ async def test_batches_are_paced_by_the_rate_limits(tmp_path: Path) -> None:
         handle, files, get_codec("none", CodecOptions()), Operation(kind=Kind.BACKUP), 2, limits=limits
     )
     assert time.monotonic() - started >= 0.2  # 1 MB at 4 MB/s, less the burst
+
+
+async def _stored_backup(
+    tmp_path: Path, sizes: list[int], cipher: BackupCipher | None = None
+) -> tuple[FileBackupStorage, list[FileToRestore]]:
+    data = tmp_path / "data"
+    data.mkdir()
+    files = []
+    for i, size in enumerate(sizes):
+        path = data / f"f{i}"
+        path.write_bytes(os.urandom(min(size, 500)) + b"\0" * max(0, size - 500))
+        files.append(FileToStore(str(i), f"f{i}", path, size))
+    storage = FileBackupStorage(tmp_path / "backups")
+    handle = await storage.start_backup("ks/0", "b1")
+    codec = get_codec("zstd", CodecOptions())
+    stored = await store_files(handle, files, codec, Operation(kind=Kind.BACKUP), 2, cipher=cipher)
+    await handle.end()
+    targets = [
+        FileToRestore(
+            f.object_name,
+            f.name,
+            f"b1/{f.object_name}",
+            tmp_path / "out" / f.name,
+            s.size,
+            s.crc32_hex,
+            s.sha256_hex,
+        )
+        for f, s in zip(files, stored, strict=True)
+    ]
+    return storage, targets
+
+
+async def test_restore_reads_small_objects_in_batches_and_streams_what_expands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = [100] * 50 + [8 << 20]  # the last one: zeros, small as stored, big as restored
+    storage, targets = await _stored_backup(tmp_path, sizes)
+    read = (await storage.list_backups("ks/0"))[0]
+    batched: list[int] = []
+    real = type(read).get_objects
+
+    async def counting(self: Any, names: Sequence[str]) -> list[bytes]:
+        batched.append(len(names))
+        return await real(self, names)
+
+    monkeypatch.setattr(type(read), "get_objects", counting)
+    op = Operation(kind=Kind.RESTORE)
+    await restore_files(read, targets, get_codec("zstd", CodecOptions()), op, 2)
+    assert sum(batched) == 50 and len(batched) <= 2
+    assert op.bytes_done == sum(sizes)
+    for t in targets:
+        assert t.path.read_bytes() == (tmp_path / "data" / t.name).read_bytes()
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+async def test_a_damaged_small_object_is_named_and_its_file_removed(tmp_path: Path, encrypted: bool) -> None:
+    cipher = BackupCipher(MasterKey(os.urandom(32)), "b1") if encrypted else None
+    storage, targets = await _stored_backup(tmp_path, [100, 200, 300], cipher)
+    obj = tmp_path / "backups" / "ks" / "0" / "b1" / "1"
+    damaged = bytearray(obj.read_bytes())
+    damaged[-3] ^= 0xFF
+    obj.write_bytes(bytes(damaged))
+    read = (await storage.list_backups("ks/0"))[0]
+    with pytest.raises(DataLoss, match="b1/1"):
+        await restore_files(
+            read, targets, get_codec("zstd", CodecOptions()), Operation(kind=Kind.RESTORE), 1, cipher=cipher
+        )
+    assert not targets[1].path.exists()
+    # without the CRC-32 to compare, the decoder or the authentication still catches it
+    unchecked = [dataclasses.replace(t, crc32_hex=None) for t in targets]
+    with pytest.raises(DataLoss, match="b1/1"):
+        await restore_files(
+            read, unchecked, get_codec("zstd", CodecOptions()), Operation(kind=Kind.RESTORE), 1, cipher=cipher
+        )
+
+
+async def test_a_missing_small_object_is_not_found(tmp_path: Path) -> None:
+    storage, targets = await _stored_backup(tmp_path, [100, 200])
+    (tmp_path / "backups" / "ks" / "0" / "b1" / "0").unlink()
+    read = (await storage.list_backups("ks/0"))[0]
+    with pytest.raises(NotFound, match="0 not found"):
+        await restore_files(read, targets, get_codec("zstd", CodecOptions()), Operation(kind=Kind.RESTORE), 1)
