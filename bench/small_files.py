@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.common import datadir_megabytes, peak_rss_mb, start_agent, timed
-from tests.integration.helpers import backup
+from tests.integration.helpers import backup, restore
 from tests.sandbox import Sandbox, find_program
 
 ZSTD_LEVEL = 1  # the agent's zstd default
@@ -51,6 +51,7 @@ def many_tables(work: Path, tables: int, sessions: int = 4) -> Sandbox:
             "innodb_flush_method=nosync",
             "innodb_doublewrite=0",
             "table_open_cache=400",
+            "read_only=1",  # a replica-like tablet: restores may replace its data
         ],
     )
     sb.init()
@@ -88,12 +89,22 @@ def phase_seconds(log: Path) -> str:
         except ValueError:
             continue
         event = str(record.get("event", ""))
-        if event.startswith("starting "):
-            phases = []
+        if phases and " succeeded after " in phases[-1][0]:
+            phases = []  # a new operation
         if event.startswith("phase: ") or " succeeded after " in event:
             phases.append((event.removeprefix("phase: "), datetime.fromisoformat(record["timestamp"])))
     spans = [f"{a}={(t1 - t0).total_seconds():.2f}s" for (a, t0), (_, t1) in itertools.pairwise(phases)]
-    return ", ".join(s for s in spans if " succeeded after " not in s)
+    return ", ".join(spans)
+
+
+def reference_restore(sb: Sandbox, archive: Path) -> None:
+    sb.stop()
+    try:
+        shutil.rmtree(sb.datadir)
+        sb.datadir.mkdir()
+        subprocess.run(f"zstd -dc {archive} | tar -xf - -C {sb.datadir} && sync", shell=True, check=True)
+    finally:
+        sb.start()
 
 
 def stored_files(storage: Path) -> int:
@@ -105,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--tables", type=int, default=10_000)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--restore", action="store_true", help="also time a restore against zstd -dc | tar -x")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
     (Path.cwd() / "var").mkdir(exist_ok=True)
@@ -116,13 +128,23 @@ def main(argv: list[str] | None = None) -> int:
         storage, archive = work / "backups", work / "datadir.tar.zst"
         agent_s: list[float] = []
         ref_s: list[float] = []
+        restores: list[tuple[float, float]] = []
         agent = start_agent(sb, storage, work / "agent", ["--compression_level", str(ZSTD_LEVEL)])
         try:
             for _ in range(args.rounds):
                 agent_s.append(timed(lambda: backup(agent, timeout=1800, allow_primary=True)))
                 ref_s.append(timed(lambda: reference_backup(sb, archive)))
+            phases = phase_seconds(agent.log_path)
             assert agent.proc is not None
             rss = peak_rss_mb(agent.proc.pid)
+            if args.restore:
+                restores.append(
+                    (
+                        timed(lambda: restore(agent, timeout=1800)),
+                        timed(lambda: reference_restore(sb, archive)),
+                    )
+                )
+                rss_restore = peak_rss_mb(agent.proc.pid)
         finally:
             agent.stop()
         files = stored_files(storage)
@@ -132,10 +154,17 @@ def main(argv: list[str] | None = None) -> int:
             f"tar | zstd -T0 -{ZSTD_LEVEL} + sync {ref_t:.2f}s (medians of {args.rounds}; "
             f"load average {os.getloadavg()[0]:.2f})"
         )
-        print(f"agent phases (last round): {phase_seconds(agent.log_path)}")
+        print(f"agent phases (last round): {phases}")
         print(f"reproduce: python -m bench.small_files --tables {args.tables} --rounds {args.rounds}")
         print(f"BENCH small_files_backup files={files} ratio={ref_t / agent_t:.3f}", flush=True)
         print(f"BENCH memory_small_files peak_rss_mb={rss:.1f} tables={args.tables}", flush=True)
+        if restores:
+            agent_r, ref_r = restores[0]
+            print(
+                f"restore: agent {agent_r:.2f}s (staged: stop, swap, start), zstd -dc | tar -x + sync {ref_r:.2f}s; "
+                f"peak RSS after it {rss_restore:.1f} MB; agent phases: {phase_seconds(agent.log_path)}"
+            )
+            print(f"BENCH small_files_restore files={files} ratio={ref_r / agent_r:.3f}", flush=True)
     finally:
         sb.destroy()
         shutil.rmtree(work, ignore_errors=True)
