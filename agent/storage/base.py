@@ -71,8 +71,8 @@ class BackupHandle(Protocol):
         afterwards are durable when their `close` returns. A no-op where every object is durable on close."""
 
     async def end(self) -> None:
-        """Durably finish the backup (everything written through it made durable). Every writer must be closed first; afterwards the backup is
-        immutable (no more `add_file`)."""
+        """Durably finish the backup (everything written through it made durable). Every writer must be
+        closed first; afterwards the backup is immutable (no more `add_file`)."""
 
     async def abort(self) -> None:
         """Remove everything of this unfinished backup (open writers are aborted)."""

@@ -7,9 +7,10 @@ syncs the whole filesystem once (syncfs(2) through a descriptor opened when the 
 write-back errors since then are reported) and the backup directory; objects written after it (the
 MANIFEST) are fsync'd, renamed and their directory fsync'd each. A machine crash before the barrier may
 leave objects incomplete under their final names, but never a MANIFEST: such a backup is incomplete and
-never restored. New directories are fsync'd into their parents. Directories are created 0o750 and files 0o640 (backups hold table data: never
-world-readable). Blocking I/O runs in threads, batched in ~1 MiB writes and 1 MiB reads; objects
-pass through the page cache in a bounded window (`CacheWindow`), written back as they are written.
+never restored. New directories are fsync'd into their parents. Directories are created 0o750 and files
+0o640 (backups hold table data: never world-readable). Blocking I/O runs in threads, batched in ~1 MiB
+writes and 1 MiB reads (a batch of small objects in one step: `put_objects`, `get_objects`); objects pass
+through the page cache in a bounded window (`CacheWindow`), written back as they are written.
 """
 
 from __future__ import annotations
