@@ -89,10 +89,11 @@ def phase_seconds(log: Path) -> str:
         except ValueError:
             continue
         event = str(record.get("event", ""))
+        if not (event.startswith("phase: ") or " succeeded after " in event):
+            continue
         if phases and " succeeded after " in phases[-1][0]:
             phases = []  # a new operation
-        if event.startswith("phase: ") or " succeeded after " in event:
-            phases.append((event.removeprefix("phase: "), datetime.fromisoformat(record["timestamp"])))
+        phases.append((event.removeprefix("phase: "), datetime.fromisoformat(record["timestamp"])))
     spans = [f"{a}={(t1 - t0).total_seconds():.2f}s" for (a, t0), (_, t1) in itertools.pairwise(phases)]
     return ", ".join(spans)
 
