@@ -16,9 +16,16 @@ from agent.errors import AgentError, DataLoss, NotFound
 from agent.operations import Kind, Operation
 from agent.pipeline.compression import Buffer, CodecOptions, ExternalCodec, get_codec, whole_compressor
 from agent.pipeline.encryption import BackupCipher, MasterKey, sealer_for
-from agent.pipeline.files import FileToRestore, FileToStore, restore_files, store_files
+from agent.pipeline.files import (
+    SMALL_FILE,
+    FileToRestore,
+    FileToStore,
+    batches,
+    encode_bytes,
+    restore_files,
+    store_files,
+)
 from agent.pipeline.ratelimit import RateLimits
-from agent.pipeline.small_files import SMALL_FILE, batches, encode_bytes
 from agent.pipeline.store import file_chunks, store
 from agent.storage.base import BackupHandle, BackupWriter
 from agent.storage.file import FileBackupStorage
