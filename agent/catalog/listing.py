@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from agent.aio.tasks import in_thread
 from agent.catalog.manifest import (
     MANIFEST_FILENAME,
     MAX_MANIFEST_SIZE,
     Manifest,
     format_time,
-    manifest_to_json,
+    manifest_pieces,
     parse_manifest,
 )
 from agent.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
@@ -65,8 +66,11 @@ async def read_manifest(handle: BackupHandle) -> Manifest:
 async def write_manifest(handle: BackupHandle, manifest: Manifest) -> None:
     """Write the MANIFEST; call it after every data file is closed, then `handle.end()`."""
     writer = await handle.add_file(MANIFEST_FILENAME)
+    pieces = manifest_pieces(manifest)
     try:
-        await writer.write(manifest_to_json(manifest))
+        # encoded in a thread a piece at a time: thousands of file entries take a while
+        while (piece := await in_thread(next, pieces, None)) is not None:
+            await writer.write(piece)
         await writer.close()
     except BaseException:
         await writer.abort()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -249,8 +249,43 @@ def looks_like_backup_name(text: str) -> bool:
 
 def manifest_to_json(m: Manifest) -> bytes:
     """The MANIFEST bytes, indented like Vitess's `json.MarshalIndent(m, "", "  ")`."""
-    data = m.model_dump(mode="json", by_alias=True)
-    return json.dumps(data, indent=2, ensure_ascii=False).encode()
+    return b"".join(manifest_pieces(m))
+
+
+class _DumpedOneByOne(list[Any]):
+    """File entries that the (pure-Python, indenting) JSON encoder sees as a list of dicts, each dumped as
+    it is reached, as the whole manifest's dump would have it."""
+
+    def __init__(self, entries: Sequence[FileEntry]) -> None:
+        super().__init__()
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (e.model_dump(mode="json", by_alias=True) for e in self._entries)
+
+
+def manifest_pieces(m: Manifest, size: int = 1 << 16) -> Iterator[bytes]:
+    """`manifest_to_json`'s bytes in pieces of about `size`: the indenting encoder's fragments (dozens per
+    file entry) are joined a piece at a time, never all at once (tens of MB for 20,000 entries), and each
+    file entry is turned into a dict only when the encoder reaches it."""
+    if m.file_entries:
+        data = m.model_copy(update={"file_entries": []}).model_dump(mode="json", by_alias=True)
+        data["FileEntries"] = _DumpedOneByOne(m.file_entries)  # the key keeps its place
+    else:
+        data = m.model_dump(mode="json", by_alias=True)
+    fragments: list[str] = []
+    held = 0
+    for fragment in json.JSONEncoder(indent=2, ensure_ascii=False).iterencode(data):
+        fragments.append(fragment)
+        held += len(fragment)
+        if held >= size:
+            yield "".join(fragments).encode()
+            fragments, held = [], 0
+    if fragments:
+        yield "".join(fragments).encode()
 
 
 def parse_manifest(data: bytes, backup: str | None = None) -> Manifest:

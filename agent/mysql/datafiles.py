@@ -11,7 +11,7 @@ import enum
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -75,33 +75,57 @@ def innodb_data_files(cnf: MyCnf) -> list[str]:
     return [spec.split(":", 1)[0] for spec in cnf.innodb_data_file_path.split(";") if spec.strip()]
 
 
-def _is_runtime_file(path: Path, cnf: MyCnf, skip: set[Path]) -> bool:
-    name = path.name
-    if name in EXCLUDED_NAMES or name.endswith(EXCLUDED_SUFFIXES) or name.startswith("#sql"):
-        return True
-    resolved = path.resolve()
-    if resolved in skip:
-        return True
-    for base in (cnf.log_bin, cnf.relay_log):
-        if base is not None and path.parent.resolve() == base.parent.resolve():
-            stem = base.name
+class _Exclusions:
+    """What the listing leaves out, with every directory resolved once (not once per file)."""
+
+    def __init__(self, cnf: MyCnf, exclude: tuple[Path, ...]) -> None:
+        extra = (cnf.pid_file, cnf.log_error, cnf.socket)
+        self.paths = {str(p.resolve()) for p in (*exclude, *(p for p in extra if p is not None))}
+        # binlog and relay-log directories (resolved) -> the stems of their numbered files
+        self.log_stems: dict[str, set[str]] = {}
+        for base in (cnf.log_bin, cnf.relay_log):
+            if base is not None:
+                self.log_stems.setdefault(str(base.parent.resolve()), set()).add(base.name)
+
+    def runtime_file(self, directory: str, name: str, path: str) -> bool:
+        """`name` in `directory` (resolved, as is `path`) is the server's runtime state, not data."""
+        if name in EXCLUDED_NAMES or name.endswith(EXCLUDED_SUFFIXES) or name.startswith("#sql"):
+            return True
+        if path in self.paths:
+            return True
+        for stem in self.log_stems.get(directory, ()):
             suffix = name[len(stem) + 1 :] if name.startswith(stem + ".") else ""
             if suffix in BINLOG_SIDE_FILES or suffix.isdigit():
                 return True
-    return False
+        return False
+
+
+def _regular_files(directory: str, rel: str, skip: _Exclusions) -> Iterator[tuple[str, int]]:
+    """(relative name, size) of the regular files under `directory` (resolved), symlinks neither followed
+    nor listed, in os.walk's top-down sorted order; one scandir per directory, no resolve per file."""
+    with os.scandir(directory) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    subdirs = []
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            if e.name not in EXCLUDED_NAMES and e.path not in skip.paths:
+                subdirs.append(e)
+        elif e.is_file(follow_symlinks=False) and not skip.runtime_file(directory, e.name, e.path):
+            yield rel + e.name, e.stat(follow_symlinks=False).st_size
+    for d in subdirs:
+        yield from _regular_files(d.path, f"{rel}{d.name}/", skip)
 
 
 def find_files_to_backup(cnf: MyCnf, exclude: tuple[Path, ...] = ()) -> list[DataFile]:
     """Every file a stopped mysqld needs, largest first (so parallel copies finish together)."""
     files: list[DataFile] = []
-    claimed: set[Path] = set()
+    claimed: set[str] = set()  # resolved paths: a file under two base directories is copied once
 
     def add(base: FileBase, root: Path, path: Path) -> None:
-        resolved = path.resolve()
-        if resolved in claimed:
-            return
-        claimed.add(resolved)
-        files.append(DataFile(base, path.relative_to(root).as_posix(), path, path.stat().st_size))
+        resolved = str(path.resolve())
+        if resolved not in claimed:
+            claimed.add(resolved)
+            files.append(DataFile(base, path.relative_to(root).as_posix(), path, path.stat().st_size))
 
     for name in innodb_data_files(cnf):
         path = cnf.innodb_data_home_dir / name
@@ -112,17 +136,10 @@ def find_files_to_backup(cnf: MyCnf, exclude: tuple[Path, ...] = ()) -> list[Dat
             if INNODB_LOG_RE.match(entry.name) and entry.is_file():
                 add(FileBase.INNODB_LOG, cnf.innodb_log_group_home_dir, entry)
 
-    skip = {p.resolve() for p in exclude}
-    skip.update(p.resolve() for p in (cnf.pid_file, cnf.log_error, cnf.socket) if p is not None)
-    for dirpath, dirnames, filenames in os.walk(cnf.datadir):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in EXCLUDED_NAMES and (here / d).resolve() not in skip
-        )
-        for name in sorted(filenames):
-            path = here / name
-            if path.is_file() and not path.is_symlink() and not _is_runtime_file(path, cnf, skip):
-                add(FileBase.DATA, cnf.datadir, path)
+    datadir = str(cnf.datadir.resolve())
+    for rel, size in _regular_files(datadir, "", _Exclusions(cnf, exclude)):
+        if f"{datadir}/{rel}" not in claimed:
+            files.append(DataFile(FileBase.DATA, rel, cnf.datadir / rel, size))
     files.sort(key=lambda f: f.size, reverse=True)
     return files
 

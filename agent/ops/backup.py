@@ -79,6 +79,8 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
             limits=tablet.limits.for_operation(params.max_disk_rate, params.max_storage_rate),
         )
         outcome = await engine.backup(ctx)
+        op.set_phase("making the backup durable")
+        await handle.make_durable()  # every object on disk before the MANIFEST names them
         op.set_phase("checking the stored objects")
         problems = await handle.unsealable()
         if problems:

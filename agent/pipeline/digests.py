@@ -84,6 +84,14 @@ class HashThread:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def stored_whole(original: Buffer, stored: Buffer) -> StoredFile:
+    """The StoredFile of an object encoded in one piece (`stored` from `original`), hashed in the caller's
+    thread."""
+    return StoredFile(
+        len(original), len(stored), f"{zlib.crc32(stored):08x}", hashlib.sha256(original).hexdigest()
+    )
+
+
 def hash_mismatch(name: str, got: str, expected: str) -> DataLoss:
     return DataLoss(f"hash mismatch for {name}, got {got} expected {expected}")
 

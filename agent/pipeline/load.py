@@ -166,6 +166,44 @@ class _Decoding:
         return got
 
 
+def decode_whole(
+    stored: Buffer,
+    codec: InProcessCodec,
+    write: Callable[[Buffer], object],
+    *,
+    expected_crc32_hex: str | None,
+    expected_sha256_hex: str | None,
+    name: str,
+    opener: Opener | None = None,
+) -> StoredFile:
+    """One whole stored object held in memory: decrypted, decoded and handed to `write` piece by piece in
+    the caller's thread, with the checks of `restore` (DataLoss naming `name`). The pieces are written
+    before the hashes are known: discard them on error."""
+    decoding = _Decoding(codec.new_decompressor(), RESTORE_BATCH, opener)
+    sha = hashlib.sha256()
+    size = 0
+
+    def emit(pieces: list[Buffer], more: bool) -> None:
+        nonlocal size
+        while True:
+            for piece in pieces:
+                sha.update(piece)
+                write(piece)
+                size += len(piece)
+            if not more:
+                return
+            pieces, more = decoding.pull()
+
+    emit(*decoding.feed(stored, False))
+    emit(*decoding.end())
+    crc_hex = decoding.check(name, codec.name, (expected_crc32_hex or "").lower() or None)
+    sha_hex = sha.hexdigest()
+    expected_sha = (expected_sha256_hex or "").lower() or None
+    if expected_sha is not None and sha_hex != expected_sha:
+        raise hash_mismatch(name, sha_hex, expected_sha)
+    return StoredFile(size, decoding.stored, crc_hex, sha_hex)
+
+
 class DecodedStream:
     """The original bytes of one stored object: decrypted (with an `opener`), decompressed and verified in
     a background task. zstd frames are decoded by `workers` (shared by the streams of one restore, else

@@ -89,7 +89,7 @@ class IoLimits:
     requested_disk: float | None = None
     requested_storage: float | None = None
     io_class: str = ""
-    niceness: int = CODEC_NICENESS  # of the xtrabackup engine's tool and codec threads (--backup_niceness)
+    niceness: int = CODEC_NICENESS  # of a backup's tool and codec threads (--backup_niceness)
 
 
 class RateLimits:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import mmap
 import os
 import threading
@@ -15,7 +16,7 @@ from typing import TypeVar
 T = TypeVar("T")
 A = TypeVar("A")
 BUFFER_UNIT = 1 << 20  # pooled buffers come in multiples of this
-CODEC_NICENESS = 10  # Workers' default; the xtrabackup engine's follow --backup_niceness
+CODEC_NICENESS = 10  # Workers' default; a backup's follow --backup_niceness (IoLimits.niceness)
 # Frames in flight per thread: enough that a short stall of the reader or the writer leaves no
 # thread idle (2 MiB frames: 2 threads hold at most 10 x 2 MiB read and 10 compressed).
 SLOTS_PER_THREAD = 4
@@ -72,11 +73,15 @@ class Workers:
         self._buffers.setdefault(len(buf), deque()).append(buf)
 
     def submit(self, fn: Callable[[A], T], data: A) -> asyncio.Future[T]:
+        return self.call(functools.partial(fn, data))
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `fn` in one of the CPU threads (a batch of small files, say)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 self.threads, thread_name_prefix="codec", initializer=set_niceness, initargs=(self.niceness,)
             )
-        return asyncio.wrap_future(self._pool.submit(fn, data))
+        return asyncio.wrap_future(self._pool.submit(fn))
 
 
 def set_niceness(niceness: int) -> None:

@@ -8,12 +8,14 @@ name rules (`validate_*`), so a forged name can never address anything outside i
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from agent.errors import FailedPrecondition, InvalidArgument
 
+Buffer = bytes | bytearray | memoryview
 MAX_NAME_LENGTH = 255
 RECORD_PREFIX = "tablet-agent-"  # records beside a backup's objects (ours; Vitess ignores them)
 MAX_RECORD_SIZE = 1 << 20
@@ -27,8 +29,9 @@ class BackupWriter(Protocol):
         """Append data. The caller may reuse its buffer once this returns."""
 
     async def close(self) -> None:
-        """Make the object durable under its final name. Before close returns successfully the
-        object does not exist under that name, so a listed object is always complete."""
+        """Complete the object under its final name; it is durable once the handle's `make_durable` or
+        `end` returns (or at once, on storages where every object is). Before close returns successfully
+        the object does not exist under that name, so a listed object is always complete."""
 
     async def abort(self) -> None:
         """Discard what was written; never raises for cleanup problems. No-op after close."""
@@ -63,9 +66,13 @@ class BackupHandle(Protocol):
         it), on any handle, ended or not. Records are never data objects or the MANIFEST: their names
         start with `tablet-agent-` (`validate_record_name`); NotFound when the backup does not exist."""
 
+    async def make_durable(self) -> None:
+        """Make every object closed so far durable: the barrier before the MANIFEST. Objects closed
+        afterwards are durable when their `close` returns. A no-op where every object is durable on close."""
+
     async def end(self) -> None:
-        """Durably finish the backup. Every writer must be closed first; afterwards the backup is
-        immutable (no more `add_file`)."""
+        """Durably finish the backup (everything written through it made durable). Every writer must be
+        closed first; afterwards the backup is immutable (no more `add_file`)."""
 
     async def abort(self) -> None:
         """Remove everything of this unfinished backup (open writers are aborted)."""
@@ -122,6 +129,60 @@ class HandleState:
             raise FailedPrecondition(
                 f"cannot {action} backup {self._directory}/{self._name}: it was already {self._state}"
             )
+
+
+@runtime_checkable
+class WritesBatches(Protocol):
+    """Optional handle capability: several small complete objects written in one step."""
+
+    async def put_objects(self, objects: Sequence[tuple[str, Buffer]]) -> None:
+        """Each object as `add_file` + `write` + `close` would store it, with the same rules."""
+
+
+@runtime_checkable
+class ReadsBatches(Protocol):
+    """Optional handle capability: several small objects read whole in one step."""
+
+    async def get_objects(self, filenames: Sequence[str]) -> list[bytes]:
+        """Each object's bytes, in order; NotFound naming the first missing one."""
+
+
+@runtime_checkable
+class ListsObjects(Protocol):
+    """Optional handle capability: the stored sizes of all its objects in one listing."""
+
+    async def object_sizes(self) -> dict[str, int]:
+        """Every data object (and the MANIFEST) by name with its stored size; no records, no temporaries."""
+
+
+async def put_objects(handle: BackupHandle, objects: Sequence[tuple[str, Buffer]]) -> None:
+    """Store small complete objects: in one step where the handle can, else one by one."""
+    if isinstance(handle, WritesBatches):
+        await handle.put_objects(objects)
+        return
+    for name, data in objects:
+        writer = await handle.add_file(name, len(data))
+        try:
+            await writer.write(data)
+            await writer.close()
+        except BaseException:
+            await writer.abort()
+            raise
+
+
+async def get_objects(handle: BackupHandle, filenames: Sequence[str]) -> list[bytes]:
+    """Small objects read whole: in one step where the handle can, else one by one."""
+    if isinstance(handle, ReadsBatches):
+        return await handle.get_objects(filenames)
+    return [b"".join([bytes(chunk) async for chunk in handle.read_file(name)]) for name in filenames]
+
+
+async def object_sizes(handle: BackupHandle, names: Sequence[str]) -> list[int | None]:
+    """The stored size of each named object (None: missing): one listing where the handle can list."""
+    if isinstance(handle, ListsObjects):
+        sizes = await handle.object_sizes()
+        return [sizes.get(name) for name in names]
+    return list(await asyncio.gather(*(handle.file_size(name) for name in names)))
 
 
 @runtime_checkable

@@ -1,21 +1,28 @@
 """Backup storage in a local or NFS-mounted directory: `<root>/<keyspace>/<shard>/<name>/<filename>`.
 
-Durability: an object is written under a temporary name (`.<filename>.tmp-<random>`), fsync'd,
-renamed to its final name, and the directory fsync'd; new directories are fsync'd into their
-parents. Directories are created 0o750 and files 0o640 (backups hold table data: never
-world-readable). Blocking I/O runs in threads, batched in ~1 MiB writes and 1 MiB reads; objects
-pass through the page cache in a bounded window (`CacheWindow`), written back as they are written.
+Durability: an object is written under a temporary name (`.<filename>.tmp-<random>`) and renamed to
+its final name once complete, so a name never shows a partial object (a process killed mid-write leaves
+only temporaries). Objects are not fsync'd one by one: `make_durable` (the barrier before the MANIFEST)
+syncs the whole filesystem once (syncfs(2) through a descriptor opened when the backup started, so
+write-back errors since then are reported) and the backup directory; objects written after it (the
+MANIFEST) are fsync'd, renamed and their directory fsync'd each. A machine crash before the barrier may
+leave objects incomplete under their final names, but never a MANIFEST: such a backup is incomplete and
+never restored. New directories are fsync'd into their parents. Directories are created 0o750 and files
+0o640 (backups hold table data: never world-readable). Blocking I/O runs in threads, batched in ~1 MiB
+writes and 1 MiB reads (a batch of small objects in one step: `put_objects`, `get_objects`); objects pass
+through the page cache in a bounded window (`CacheWindow`), written back as they are written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -23,8 +30,10 @@ from agent.aio.localfiles import CacheWindow, FileChunks
 from agent.aio.tasks import in_thread
 from agent.errors import FailedPrecondition, NotFound, StorageError
 from agent.storage.base import (
+    RECORD_PREFIX,
     BackupHandle,
     BackupWriter,
+    Buffer,
     HandleState,
     validate_backup_name,
     validate_directory,
@@ -65,6 +74,29 @@ def _fsync_dir(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding `fd` (its write-back errors since `fd` was opened raise);
+    `sync()` where the C library has no syncfs."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    if syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        if err != errno.ENOSYS:
+            raise OSError(err, os.strerror(err))
+        os.sync()
+
+
+def _open_dir(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _makedirs(path: Path) -> None:
@@ -146,11 +178,12 @@ class FileBackupStorage:
     async def start_backup(self, directory: str, name: str) -> BackupHandle:
         path = self._dir(directory) / validate_backup_name(name)
 
-        def create() -> None:
+        def create() -> int:
             try:
                 _makedirs(path.parent)
                 os.mkdir(path, DIR_MODE)
                 _fsync_dir(path.parent)
+                return _open_dir(path)
             except FileExistsError:
                 raise FailedPrecondition(
                     f"backup {directory}/{name} already exists in {self.describe()}: "
@@ -159,8 +192,7 @@ class FileBackupStorage:
             except OSError as e:
                 raise storage_error("cannot create backup directory", path, e) from e
 
-        await in_thread(create)
-        return _FileBackupHandle(self, directory, name, path, read_only=False)
+        return _FileBackupHandle(self, directory, name, path, read_only=False, dir_fd=await in_thread(create))
 
     async def remove_backup(self, directory: str, name: str) -> None:
         path = self._dir(directory) / validate_backup_name(name)
@@ -182,16 +214,27 @@ def _visible_dir(p: Path) -> bool:
 
 
 class _FileBackupHandle(HandleState):
-    """A backup directory. Tracks its open writers so `end` can refuse while one is unfinished."""
+    """A backup directory. Tracks its open writers so `end` can refuse while one is unfinished. A
+    read-write handle holds its directory open (`dir_fd`) for the durability barrier."""
 
     def __init__(
-        self, storage: FileBackupStorage, directory: str, name: str, path: Path, *, read_only: bool
+        self,
+        storage: FileBackupStorage,
+        directory: str,
+        name: str,
+        path: Path,
+        *,
+        read_only: bool,
+        dir_fd: int = -1,
     ) -> None:
         super().__init__(directory, name, read_only=read_only)
         self._storage = storage
         self._path = path
         self._open: dict[str, _FileWriter] = {}
         self._used: set[str] = set()
+        self._dir_fd = dir_fd
+        self._sync_each = False  # after the barrier: every object is made durable when it is closed
+        self._unsynced = False  # objects completed since the last barrier
 
     def __repr__(self) -> str:
         return f"<backup {self._directory}/{self._name} in {self._storage.describe()}>"
@@ -218,14 +261,60 @@ class _FileBackupHandle(HandleState):
         except BaseException:
             self._used.discard(filename)
             raise
-        writer = _FileWriter(self, filename, final, tmp, fd)
+        writer = _FileWriter(self, filename, final, tmp, fd, sync=self._sync_each)
         self._open[filename] = writer
         return writer
 
-    def _writer_done(self, filename: str, *, kept: bool) -> None:
+    def _writer_done(self, filename: str, *, kept: bool, synced: bool = True) -> None:
         self._open.pop(filename, None)
         if not kept:
             self._used.discard(filename)
+        elif not synced:
+            self._unsynced = True
+
+    async def put_objects(self, objects: Sequence[tuple[str, Buffer]]) -> None:
+        """Several small objects in one thread step, each under a temporary name until complete."""
+        self._require_writable("add files to")
+        names = [validate_object_name(name) for name, _ in objects]
+        again = [n for n in names if n in self._used]
+        if again or len(set(names)) != len(names):
+            raise FailedPrecondition(
+                f"{', '.join(again) or 'an object'} was already added to backup {self._directory}/{self._name}"
+            )
+        self._used.update(names)
+        sync = self._sync_each
+        done = 0
+
+        def write() -> None:
+            nonlocal done
+            for name, data in objects:
+                _write_object(self._dir_fd, self._path, name, data, sync=sync)
+                done += 1
+            if sync:
+                _fsync_dir(self._path)
+
+        try:
+            await in_thread(write)
+        finally:
+            self._used.difference_update(names[done:])
+            if done and not sync:
+                self._unsynced = True
+
+    async def object_sizes(self) -> dict[str, int]:
+        def scan() -> dict[str, int]:
+            try:
+                with os.scandir(self._path) as it:
+                    return {
+                        e.name: e.stat(follow_symlinks=False).st_size
+                        for e in it
+                        if not e.name.startswith((".", RECORD_PREFIX)) and e.is_file(follow_symlinks=False)
+                    }
+            except FileNotFoundError:
+                return {}
+            except OSError as e:
+                raise storage_error("cannot list", self._path, e) from e
+
+        return await in_thread(scan)
 
     def read_file(self, filename: str) -> AsyncIterator[bytes]:
         path = self._path / validate_object_name(filename)
@@ -238,6 +327,24 @@ class _FileBackupHandle(HandleState):
 
         # A FileChunks: the pipeline reads it into its own reused buffers.
         return FileChunks(path, READ_CHUNK, error, follow_symlinks=False)
+
+    async def get_objects(self, filenames: Sequence[str]) -> list[bytes]:
+        paths = [self._path / validate_object_name(name) for name in filenames]
+
+        def read_all() -> list[bytes]:
+            out = []
+            for name, path in zip(filenames, paths, strict=True):
+                try:
+                    with open(path, "rb", buffering=0, opener=_no_follow) as f:
+                        out.append(f.readall())
+                except FileNotFoundError:
+                    where = f"backup {self._directory}/{self._name} ({self._storage.describe()})"
+                    raise NotFound(f"{name} not found in {where}") from None
+                except OSError as e:
+                    raise storage_error("cannot read", path, e) from e
+            return out
+
+        return await in_thread(read_all)
 
     async def file_size(self, filename: str) -> int | None:
         path = self._path / validate_object_name(filename)
@@ -279,6 +386,24 @@ class _FileBackupHandle(HandleState):
 
         await in_thread(write)
 
+    async def make_durable(self) -> None:
+        self._require_writable("make durable")
+        unsynced, self._unsynced = self._unsynced, False
+        try:
+            await in_thread(self._barrier, unsynced)
+        except BaseException:
+            self._unsynced = self._unsynced or unsynced
+            raise
+        self._sync_each = True
+
+    def _barrier(self, unsynced: bool) -> None:
+        try:
+            if unsynced:
+                _syncfs(self._dir_fd)
+            _fsync_dir(self._path)
+        except OSError as e:
+            raise storage_error("cannot sync the filesystem holding", self._path, e) from e
+
     async def end(self) -> None:
         self._require_writable("end")
         if self._open:
@@ -286,16 +411,23 @@ class _FileBackupHandle(HandleState):
             raise FailedPrecondition(
                 f"cannot end backup {self._directory}/{self._name}: files still being written: {names}"
             )
+        await self.make_durable()
 
         def sync() -> None:
             try:
-                _fsync_dir(self._path)
                 _fsync_dir(self._path.parent)
             except OSError as e:
                 raise storage_error("cannot sync backup directory", self._path, e) from e
 
         await in_thread(sync)
         self._state = "ended"
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dir_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._dir_fd)
+            self._dir_fd = -1
 
     async def abort(self) -> None:
         if self._read_only:
@@ -307,6 +439,7 @@ class _FileBackupHandle(HandleState):
                 f"cannot abort backup {self._directory}/{self._name}: it already ended; remove it instead"
             )
         self._state = "aborted"
+        self._close_dir()
         for writer in list(self._open.values()):
             await writer.abort()
 
@@ -322,11 +455,44 @@ class _FileBackupHandle(HandleState):
         await in_thread(remove)
 
 
-class _FileWriter:
-    """Buffers small writes into ~1 MiB thread hops; `close` is fsync + rename + directory fsync."""
+def _write_object(dir_fd: int, directory: Path, name: str, data: Buffer, *, sync: bool) -> None:
+    """A whole object in the directory open as `dir_fd`: temporary name, written, (fsync'd,) renamed;
+    never over an existing object. Names are resolved from `dir_fd`, not walked from the root each time."""
+    tmp = f".{name}.tmp-{secrets.token_hex(6)}"
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    else:
+        raise FailedPrecondition(f"{directory / name} already exists: backup objects are never overwritten")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, FILE_MODE, dir_fd=dir_fd)
+    except OSError as e:
+        raise storage_error("cannot create", directory / tmp, e) from e
+    try:
+        try:
+            _write_all(fd, data)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise storage_error("cannot write", directory / name, e) from e
 
-    def __init__(self, handle: _FileBackupHandle, filename: str, final: Path, tmp: Path, fd: int) -> None:
+
+class _FileWriter:
+    """Buffers small writes into ~1 MiB thread hops; `close` is rename, preceded by fsync and followed by
+    a directory fsync when `sync` (after the handle's barrier)."""
+
+    def __init__(
+        self, handle: _FileBackupHandle, filename: str, final: Path, tmp: Path, fd: int, *, sync: bool
+    ) -> None:
         self._handle = handle
+        self._sync = sync
         self._filename = filename
         self._final = final
         self._tmp = tmp
@@ -359,7 +525,7 @@ class _FileWriter:
             buf, self._buf = self._buf, bytearray()
             await self._io(self._commit, buf)
             self._state = "closed"
-            self._handle._writer_done(self._filename, kept=True)
+            self._handle._writer_done(self._filename, kept=True, synced=self._sync)
 
     async def abort(self) -> None:
         async with self._lock:
@@ -389,11 +555,13 @@ class _FileWriter:
     def _commit(self, rest: bytes | bytearray | memoryview) -> None:
         try:
             _write_all(self._fd, rest)
-            os.fsync(self._fd)
+            if self._sync:
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
             os.rename(self._tmp, self._final)
-            _fsync_dir(self._final.parent)
+            if self._sync:
+                _fsync_dir(self._final.parent)
         except OSError as e:
             raise storage_error("cannot complete", self._final, e) from e
 

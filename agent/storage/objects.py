@@ -294,6 +294,9 @@ class ObjectHandle(HandleState):
             raise NotFound(f"backup {self._directory}/{self._name} not found in {self._storage.describe()}")
         await self._storage.put(self._storage.key(self._directory, self._name, filename), data)
 
+    async def make_durable(self) -> None:
+        """Nothing to do: an object is durable once its upload completes."""
+
     async def end(self) -> None:
         self._require_writable("end")
         unfinished = [n for n, w in self._writers.items() if not (w.closed or w.aborted)]

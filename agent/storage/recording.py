@@ -3,10 +3,9 @@ orchestrator can check that storage really holds them all before it seals the ba
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from agent.storage.base import BackupHandle, BackupWriter
+from agent.storage.base import BackupHandle, BackupWriter, Buffer, object_sizes, put_objects
 
 
 class _CountingWriter:
@@ -63,6 +62,14 @@ class RecordingHandle:
     async def put_record(self, filename: str, data: bytes) -> None:
         await self._inner.put_record(filename, data)
 
+    async def put_objects(self, objects: Sequence[tuple[str, Buffer]]) -> None:
+        await put_objects(self._inner, objects)
+        for name, data in objects:
+            self.written[name] = len(data)
+
+    async def make_durable(self) -> None:
+        await self._inner.make_durable()
+
     async def end(self) -> None:
         await self._inner.end()
 
@@ -72,7 +79,7 @@ class RecordingHandle:
     async def unsealable(self) -> list[str]:
         """Every written object that storage no longer holds with the size written, described."""
         names = sorted(self.written)
-        sizes = await asyncio.gather(*(self._inner.file_size(n) for n in names))
+        sizes = await object_sizes(self._inner, names)
         problems = []
         for name, size in zip(names, sizes, strict=True):
             if size is None:

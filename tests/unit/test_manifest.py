@@ -1,4 +1,5 @@
 import json
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -12,6 +13,7 @@ from agent.catalog.manifest import (
     StoredObject,
     backup_name,
     format_time,
+    manifest_pieces,
     manifest_to_json,
     parse_manifest,
     parse_time,
@@ -244,3 +246,34 @@ def test_server_fields_are_filled_as_vitess_fills_them_per_flavor() -> None:
     mysql = outcome(f"MySQL56/{uuid}:1-9", f"MySQL56/{uuid}:1-3", uuid)
     assert vitess_server_fields(mysql) == (f"MySQL56/{uuid}:1-3", uuid)
     assert qualified_hostname()
+
+
+def test_manifest_pieces_are_the_whole_dump_in_little_memory() -> None:
+    entries = [
+        FileEntry(
+            Base="Data",
+            Name=f"db/t{i}.ibd",
+            Hash=f"{i:08x}",
+            ParentPath="sub" if i % 3 else "",
+            Sha256="ab" * 32 if i % 2 else None,
+            Size=i,
+            StoredSize=i // 2,
+        )
+        for i in range(5000)
+    ]
+    for m in (
+        Manifest(BackupName="b", CompressionEngine="zstd", FileEntries=entries),
+        Manifest(BackupName="b", FileEntries=[]),
+        Manifest(BackupName="b"),
+    ):
+        whole = json.dumps(m.model_dump(mode="json", by_alias=True), indent=2, ensure_ascii=False).encode()
+        assert manifest_to_json(m) == whole
+        assert b"".join(manifest_pieces(m, size=1000)) == whole
+    tracemalloc.start()
+    try:
+        for _ in manifest_pieces(Manifest(BackupName="b", FileEntries=entries)):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20  # the entries as dicts, or the encoder's fragments, would be several MB

@@ -63,27 +63,132 @@ async def test_modes_are_not_world_readable(tmp_path: Path) -> None:
     assert not mode & 0o007
 
 
-async def test_close_fsyncs_file_then_renames_then_fsyncs_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     events: list[str] = []
-    real_fsync, real_rename = os.fsync, os.rename
+    real_fsync, real_rename, real_syncfs = os.fsync, os.rename, file_mod._syncfs
 
     def fsync(fd: int) -> None:
         events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
         real_fsync(fd)
 
-    def rename(a: Any, b: Any) -> None:
+    def rename(a: Any, b: Any, **dir_fds: Any) -> None:
         events.append("rename")
-        real_rename(a, b)
+        real_rename(a, b, **dir_fds)
 
-    handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
-    writer = await handle.add_file("0")
-    await writer.write(b"data")
+    def syncfs(fd: int) -> None:
+        events.append("syncfs")
+        real_syncfs(fd)
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(file_mod, "_syncfs", syncfs)
+    return events
+
+
+async def test_objects_are_renamed_complete_and_made_durable_by_one_barrier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
+    events = _record_syncs(monkeypatch)
+    for name in ("0", "1"):
+        writer = await handle.add_file(name)
+        await writer.write(b"data")
+        await writer.close()
+    await handle.put_objects([("2", b"x"), ("3", b"y")])
+    assert events == ["rename"] * 4
+    events.clear()
+    await handle.make_durable()
+    assert events == ["syncfs", "fsync-dir"]
+
+
+async def test_after_the_barrier_each_object_is_fsynced_renamed_then_its_directory_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
+    await handle.make_durable()
+    events = _record_syncs(monkeypatch)
+    writer = await handle.add_file("MANIFEST")
+    await writer.write(b"{}")
     await writer.close()
     assert events == ["fsync-file", "rename", "fsync-dir"]
+    events.clear()
+    await handle.end()  # nothing left unsynced: no second syncfs
+    assert events == ["fsync-dir", "fsync-dir"]
+
+
+async def test_end_makes_unsynced_objects_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
+    events = _record_syncs(monkeypatch)
+    await handle.put_objects([("0", b"x")])
+    await handle.end()
+    assert events == ["rename", "syncfs", "fsync-dir", "fsync-dir"]
+
+
+async def test_syncfs_failure_is_a_storage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
+    await handle.put_objects([("0", b"x")])
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(file_mod, "_syncfs", failing)
+    with pytest.raises(StorageError, match="EIO"):
+        await handle.make_durable()
+    monkeypatch.undo()
+    await handle.make_durable()  # the objects are still owed a barrier, and get it
+
+
+async def test_real_syncfs_runs(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        file_mod._syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+async def test_put_objects_stores_each_like_add_file_and_refuses_names_twice(tmp_path: Path) -> None:
+    handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
+    writer = await handle.add_file("0")
+    await writer.write(b"streamed")
+    await writer.close()
+    await handle.put_objects([("1", b"one"), ("2", memoryview(b"two")), ("3", b"")])
+    assert [await _read(handle, n) for n in ("0", "1", "2", "3")] == [b"streamed", b"one", b"two", b""]
+    with pytest.raises(FailedPrecondition, match="already added"):
+        await handle.put_objects([("4", b"x"), ("1", b"again")])
+    with pytest.raises(InvalidArgument):
+        await handle.put_objects([("../x", b"x")])
+    await handle.put_objects([("4", b"four")])
+    await handle.put_record("tablet-agent-note", b"r")
+    sizes = await handle.object_sizes()
+    assert sizes == {"0": 8, "1": 3, "2": 3, "3": 0, "4": 4}
+    backup_dir = tmp_path / "commerce" / "-80" / "b1"
+    assert not [p for p in backup_dir.iterdir() if p.name.startswith(".")]
+    await handle.end()
+
+
+async def test_put_objects_failure_leaves_no_temporary_and_frees_the_unwritten_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
+    real_write = file_mod._write_all
+    calls = 0
+
+    def write_all(fd: int, data: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, data)
+
+    monkeypatch.setattr(file_mod, "_write_all", write_all)
+    with pytest.raises(StorageError, match="free space"):
+        await handle.put_objects([("0", b"a"), ("1", b"b"), ("2", b"c")])
+    backup_dir = tmp_path / "commerce" / "-80" / "b1"
+    assert sorted(p.name for p in backup_dir.iterdir()) == ["0"]
+    monkeypatch.undo()
+    await handle.put_objects([("1", b"b"), ("2", b"c")])
+    with pytest.raises(FailedPrecondition):
+        await handle.put_objects([("0", b"a")])
 
 
 async def test_small_writes_are_batched_into_few_thread_hops(

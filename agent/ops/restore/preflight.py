@@ -5,7 +5,6 @@ records, and room for the restored data beside the live data."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from agent.errors import DataLoss, FailedPrecondition, ResourceExhausted
 from agent.ops.codecs import codec_for_restore
 from agent.pipeline.compression import Codec, ExternalCodec
 from agent.pipeline.encryption import BackupCipher
+from agent.storage.base import object_sizes
 from engines import engine_for_manifest
 from engines.base import Engine, RestoreContext, RestoreTargets
 
@@ -111,7 +111,7 @@ def _check_codec_tool(codec: Codec) -> None:
 
 async def check_objects(plan: PlannedBackup) -> None:
     """DataLoss naming every stored object that is missing or has another size than recorded."""
-    sizes = await asyncio.gather(*(plan.entry.handle.file_size(o.name) for o in plan.objects))
+    sizes = await object_sizes(plan.entry.handle, [o.name for o in plan.objects])
     problems = []
     for record, size in zip(plan.objects, sizes, strict=True):
         if size is None:
