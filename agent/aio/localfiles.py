@@ -186,6 +186,20 @@ class LocalFile:
             self.path.unlink()
 
 
+def write_durably(path: Path, data: bytes, mode: int = 0o640) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content, never a mix: a
+    synced temporary file renamed over it, then the directory synced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
 def fsync_path(path: Path) -> None:
     """fsync a file or directory by name (its data, or its entries)."""
     try:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from agent.aio.localfiles import write_durably
 from agent.errors import DataLoss
 from agent.mysql.gtid import MariaDBGTIDSet
 from agent.mysql.mycnf import MyCnf
@@ -193,9 +194,7 @@ def write_binlog_state(directory: Path, log_bin_name: str, gtids: MariaDBGTIDSet
     `directory`, one GTID per line, is what the server reads at start-up when it has no binlog (the same
     as `SET GLOBAL gtid_binlog_state` afterwards, which waits up to a second for the first binlog
     checkpoint)."""
-    path = directory / f"{log_bin_name}.state"
-    path.write_text("".join(f"{gtid}\n" for gtid in gtids))
-    path.chmod(0o640)
+    write_durably(directory / f"{log_bin_name}.state", "".join(f"{gtid}\n" for gtid in gtids).encode())
 
 
 def user_schemas_on_disk(datadir: Path) -> list[str]:

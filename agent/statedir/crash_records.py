@@ -6,11 +6,12 @@ The restore's own record is `statedir.restore_journal`.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from agent.aio.localfiles import write_durably
 
 OFFLINE_FILE = "offline.json"
 
@@ -28,22 +29,6 @@ class OfflineRecord(BaseModel):
     read_only: bool
     super_read_only: bool | None
     started: datetime = Field(default_factory=lambda: datetime.now(UTC))
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def write_offline_record(state_dir: Path, record: OfflineRecord) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.statedir.crash_records import write_durably
+from agent.aio.localfiles import write_durably
 
 JOURNAL_FILE = "restore.json"
 PAUSE_ENV = "TABLET_AGENT_PAUSE_AFTER_RESTORE_STEP"
