@@ -57,6 +57,15 @@ def open_sandbox(name: str, server_id: int) -> tuple[Sandbox, bool]:
     return sb, fresh
 
 
+def listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def ctl(address: str, *args: str) -> int:
     print(f"$ tabletctl --server {address} {' '.join(args)}", flush=True)
     return tabletctl(["--server", address, *args])
@@ -88,14 +97,15 @@ def main() -> int:
     say(f"starting tablet-agent for {ALIAS} on {address} (log: var/agent.log)")
     log = (VAR / "agent.log").open("ab")
     agent = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO)
+    deadline = time.monotonic() + 60
     try:
-        for _ in range(100):
-            if ctl(address, "ping") == 0:
-                break
-            if agent.poll() is not None:
+        while not listening(address):  # quietly: the agent checks the setup before it serves
+            if agent.poll() is not None or time.monotonic() > deadline:
                 print((VAR / "agent.log").read_text()[-3000:], file=sys.stderr)
                 return 1
             time.sleep(0.2)
+        if ctl(address, "ping") != 0:
+            return 1
         ctl(address, "status")
 
         say("full builtin backup of the replica (mysqld is stopped for the copy, then restarted)")

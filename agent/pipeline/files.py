@@ -142,7 +142,7 @@ async def restore_files(
     """Put every object back into its path, check its hashes, and make the files and their directories
     durable; the biggest first, `concurrency` at a time."""
     sizes = await object_sizes(handle, [o.object_name for o in objects])
-    op.add_total(sum(o.size or s or 0 for o, s in zip(objects, sizes, strict=True)))
+    op.add_total(sum(o.size if o.size is not None else s or 0 for o, s in zip(objects, sizes, strict=True)))
     op.info(f"restoring {len(objects)} files with concurrency {concurrency}")
     order = sorted(range(len(objects)), key=lambda i: sizes[i] or 0, reverse=True)
     await in_thread(_make_directories, {o.path.parent for o in objects})

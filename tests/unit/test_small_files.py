@@ -130,7 +130,11 @@ async def test_store_files_batches_small_files_and_streams_big_ones_then_restore
         )
         for f, s in zip(files, stored, strict=True)
     ]
-    await restore_files(read, targets, codec, Operation(kind=Kind.RESTORE), 3, cipher=cipher)
+    restoring = Operation(kind=Kind.RESTORE)
+    await restore_files(read, targets, codec, restoring, 3, cipher=cipher)
+    assert (
+        restoring.bytes_done == restoring.bytes_total == sum(sizes)
+    )  # the empty file counts 0, not its stored size
     for f in files:
         assert (tmp_path / "out" / f.name).read_bytes() == f.path.read_bytes()
 
