@@ -115,7 +115,7 @@ async def choose(
         else:
             path = path_to_position(entries, parse_position(middle))
         found = time.perf_counter()
-        assert await cache.confirm([path.full, *path.incrementals])  # a restore re-reads what it uses
+        assert await cache.confirm([path.full, *path.incrementals]) is not None  # a restore re-reads them
         end = time.perf_counter()
         if end - begin > worst:
             worst = end - begin

@@ -8,6 +8,7 @@ Vitess's FindBackupToRestore: the newest complete full backup, optionally at or 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,7 @@ from agent.catalog.manifest import (
     format_time,
     manifest_pieces,
     parse_manifest,
+    stored_size,
 )
 from agent.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from agent.storage.base import BackupHandle, BackupStorage
@@ -33,9 +35,10 @@ class BackupEntry:
     """A listed backup; `problem` says why it is not complete."""
 
     handle: BackupHandle
-    manifest: Manifest | None
+    manifest: Manifest | None  # without its file entries when it came from a ManifestCache (see `lean`)
     complete: bool
     problem: str | None
+    stored_size: int = 0  # bytes as stored, from the MANIFEST's integrity keys (0 when unrecorded)
 
     @property
     def name(self) -> str:
@@ -77,19 +80,32 @@ async def write_manifest(handle: BackupHandle, manifest: Manifest) -> None:
         raise
 
 
+def lean(manifest: Manifest) -> Manifest:
+    """The MANIFEST without its file entries: what listings, path finding and retention use. A backup of
+    10,000 tables has 20,000 entries, tens of MB once parsed, which a daemon must not keep per backup.
+    Its encryption tag cannot be checked (`confirm` gives the whole MANIFEST to an operation)."""
+    if manifest.file_entries is None and manifest.source is None:
+        return manifest
+    slim = manifest.model_copy(update={"file_entries": None})
+    slim._source = None  # the JSON it was read from holds the entries too (an encrypted one's tag needs it)
+    return slim
+
+
 class ManifestCache:
-    """The parsed MANIFESTs of complete backups of one storage, by directory and backup name. A backup is
-    immutable once its MANIFEST is written, so a listing with a cache reads only the MANIFESTs it has not
-    seen complete (incomplete backups are read again every time); names no longer listed are dropped."""
+    """The MANIFESTs of complete backups of one storage, lean (`lean`) with their stored sizes, by
+    directory and backup name. A backup is immutable once its MANIFEST is written, so a listing with a
+    cache reads only the MANIFESTs it has not seen complete (incomplete backups are read again every
+    time); names no longer listed are dropped. An operation that needs the file entries gets them from
+    `confirm`, which reads the chosen MANIFESTs again anyway."""
 
     def __init__(self) -> None:
-        self._manifests: dict[str, dict[str, Manifest]] = {}
+        self._manifests: dict[str, dict[str, tuple[Manifest, int]]] = {}
 
-    def get(self, directory: str, name: str) -> Manifest | None:
+    def get(self, directory: str, name: str) -> tuple[Manifest, int] | None:
         return self._manifests.get(directory, {}).get(name)
 
-    def put(self, directory: str, name: str, manifest: Manifest) -> None:
-        self._manifests.setdefault(directory, {})[name] = manifest
+    def put(self, directory: str, name: str, manifest: Manifest, size: int) -> None:
+        self._manifests.setdefault(directory, {})[name] = (lean(manifest), size)
 
     def retain(self, directory: str, names: set[str]) -> None:
         known = self._manifests.get(directory)
@@ -100,25 +116,29 @@ class ManifestCache:
     def __len__(self) -> int:
         return sum(len(m) for m in self._manifests.values())
 
-    async def confirm(self, chosen: Sequence[BackupEntry]) -> bool:
-        """Read the MANIFESTs of the backups an operation is about to use again: True when each is still
-        the cached one. When one changed or can no longer be read (storage is writable by others), forget
-        the directory and return False: the caller lists again, reading every MANIFEST as stored now."""
+    async def confirm(self, chosen: Sequence[BackupEntry]) -> list[BackupEntry] | None:
+        """Read the MANIFESTs of the backups an operation is about to use again: the entries with their
+        whole MANIFESTs when each is still the listed one. When one changed or can no longer be read
+        (storage is writable by others), forget the directory and return None: the caller lists again,
+        reading every MANIFEST as stored now."""
         limit = asyncio.Semaphore(CONFIRM_CONCURRENCY)
 
-        async def same(entry: BackupEntry) -> bool:
+        async def again(entry: BackupEntry) -> BackupEntry | None:
             async with limit:
                 try:
-                    return await read_manifest(entry.handle) == entry.manifest
+                    m = await read_manifest(entry.handle)
                 except (NotFound, DataLoss):
-                    return False
+                    return None
+            same = entry.manifest is not None and lean(m) == lean(entry.manifest)
+            return dataclasses.replace(entry, manifest=m) if same else None
 
-        results = await asyncio.gather(*(same(e) for e in chosen))
-        if all(results):
-            return True
+        results = await asyncio.gather(*(again(e) for e in chosen))
+        confirmed = [r for r in results if r is not None]
+        if len(confirmed) == len(results):
+            return confirmed
         for entry in chosen:
             self._manifests.pop(entry.directory, None)
-        return False
+        return None
 
 
 async def list_backup_entries(
@@ -149,16 +169,18 @@ async def list_backup_entries(
                 )
             except DataLoss as e:
                 return BackupEntry(handle, None, False, str(e))
-        if cache is not None:
-            cache.put(directory, handle.name, m)
-        return BackupEntry(handle, m, True, None)
+        size = stored_size(m)
+        if cache is None:
+            return BackupEntry(handle, m, True, None, size)
+        cache.put(directory, handle.name, m, size)
+        return BackupEntry(handle, lean(m), True, None, size)
 
     found: dict[int, BackupEntry] = {}
     unread: list[tuple[int, BackupHandle]] = []
     for i, h in enumerate(handles):
         cached = cache.get(directory, h.name) if cache is not None else None
         if cached is not None:
-            found[i] = BackupEntry(h, cached, True, None)
+            found[i] = BackupEntry(h, cached[0], True, None, cached[1])
         else:
             unread.append((i, h))
     tasks = [asyncio.ensure_future(entry(h)) for _, h in unread]

@@ -343,3 +343,11 @@ def validate_file_entries(entries: Sequence[FileEntry]) -> None:
         if key in seen:
             raise DataLoss(f"FileEntries[{i}] repeats {fe.base}/{fe.name}")
         seen.add(key)
+
+
+def stored_size(m: Manifest) -> int:
+    """Bytes as stored, from our integrity keys (0 when the writer did not record them)."""
+    total = sum(fe.stored_size or 0 for fe in m.file_entries or [])
+    if m.tablet_agent is not None:
+        total += sum(o.stored_size for o in m.tablet_agent.objects)
+    return total

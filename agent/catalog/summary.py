@@ -17,7 +17,7 @@ from datetime import datetime
 import structlog
 
 from agent.catalog.listing import BackupEntry, ManifestCache, list_backup_entries
-from agent.catalog.manifest import Manifest, parse_time
+from agent.catalog.manifest import parse_time
 from agent.catalog.verification import Verification, read_verification
 from agent.errors import AgentError
 from agent.storage.base import BackupStorage
@@ -47,14 +47,6 @@ class Newest:
             with contextlib.suppress(ValueError):
                 times.append(parse_time(m.incremental_details.last_timestamp))
         return max(times) if times else None
-
-
-def stored_size(m: Manifest) -> int:
-    """Bytes as stored, from our integrity keys (0 when the writer did not record them)."""
-    total = sum(fe.stored_size or 0 for fe in m.file_entries or [])
-    if m.tablet_agent is not None:
-        total += sum(o.stored_size for o in m.tablet_agent.objects)
-    return total
 
 
 def newest_complete(entries: list[BackupEntry]) -> Newest:

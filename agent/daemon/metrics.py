@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.catalog.listing import BackupEntry
-from agent.catalog.summary import BackupSummary, stored_size
+from agent.catalog.summary import BackupSummary
 from agent.errors import ConfigError
 from agent.operations import Kind, Operation, OperationRunner, Result
 from agent.ops.health import PROBLEM_KINDS
@@ -104,7 +104,7 @@ class _Current(Collector):
             t = _backup_time(entry)
             if t is not None and entry is not None and entry.manifest is not None:
                 stamp.add_metric([kind], t)
-                size.add_metric([kind], float(stored_size(entry.manifest)))
+                size.add_metric([kind], float(entry.stored_size))
         yield stamp
         yield size
         point = newest.recovery_point

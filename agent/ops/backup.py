@@ -14,7 +14,14 @@ from agent import AGENT_VERSION
 from agent.aio.tasks import complete, in_thread
 from agent.catalog.encryption import backup_cipher, seal_manifest
 from agent.catalog.listing import BackupEntry, list_backup_entries, write_manifest
-from agent.catalog.manifest import AgentInfo, Manifest, backup_name, format_time, looks_like_backup_name
+from agent.catalog.manifest import (
+    AgentInfo,
+    Manifest,
+    backup_name,
+    format_time,
+    looks_like_backup_name,
+    stored_size,
+)
 from agent.catalog.verification import Depth
 from agent.config import VerifyMode
 from agent.errors import AgentError, DataLoss, FailedPrecondition
@@ -116,6 +123,8 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
         manifest = seal_manifest(manifest, cipher)  # with its tag, when encrypted
         await write_manifest(handle, manifest)
         await handle.end()
+        # known as written: listings need not read back (and parse) a MANIFEST of thousands of entries
+        tablet.summary.manifests.put(directory, name, manifest, stored_size(manifest))
     except BaseException as error:
         await _abort(handle, op, error)
         raise

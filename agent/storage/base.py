@@ -136,7 +136,9 @@ class WritesBatches(Protocol):
     """Optional handle capability: several small complete objects written in one step."""
 
     async def put_objects(self, objects: Sequence[tuple[str, Buffer]]) -> None:
-        """Each object as `add_file` + `write` + `close` would store it, with the same rules."""
+        """Each object as `add_file` + `write` + `close` would store it, with the same rules, except that
+        an object may be seen partly written until this returns (the backup has no MANIFEST then, so
+        nothing restores from it). A failure leaves no object it did not complete."""
 
 
 @runtime_checkable

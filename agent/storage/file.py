@@ -456,20 +456,20 @@ class _FileBackupHandle(HandleState):
 
 
 def _write_object(dir_fd: int, directory: Path, name: str, data: Buffer, *, sync: bool) -> None:
-    """A whole object in the directory open as `dir_fd`: temporary name, written, (fsync'd,) renamed;
-    never over an existing object. Names are resolved from `dir_fd`, not walked from the root each time."""
-    tmp = f".{name}.tmp-{secrets.token_hex(6)}"
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        pass
-    else:
-        raise FailedPrecondition(f"{directory / name} already exists: backup objects are never overwritten")
+    """A whole small object in the directory open as `dir_fd`, created under its name (never over an
+    existing one), written, (fsync'd,) and removed again if that fails. One name operation per object:
+    a temporary name and a rename take two, an unnamed file (O_TMPFILE) a journaled orphan-list update,
+    and every one of them serializes on a lock, which for thousands of tables is most of a backup. Until
+    `put_objects` returns, an object may be seen partly written: only in a backup with no MANIFEST yet."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        fd = os.open(tmp, flags, FILE_MODE, dir_fd=dir_fd)
+        fd = os.open(name, flags, FILE_MODE, dir_fd=dir_fd)
+    except FileExistsError:
+        raise FailedPrecondition(
+            f"{directory / name} already exists: backup objects are never overwritten"
+        ) from None
     except OSError as e:
-        raise storage_error("cannot create", directory / tmp, e) from e
+        raise storage_error("cannot create", directory / name, e) from e
     try:
         try:
             _write_all(fd, data)
@@ -477,11 +477,12 @@ def _write_object(dir_fd: int, directory: Path, name: str, data: Buffer, *, sync
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise storage_error("cannot write", directory / name, e) from e
+            os.unlink(name, dir_fd=dir_fd)
+        if isinstance(e, OSError):
+            raise storage_error("cannot write", directory / name, e) from e
+        raise
 
 
 class _FileWriter:

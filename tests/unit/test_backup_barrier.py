@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.catalog.listing import ManifestCache
 from agent.config import build_config
 from agent.errors import StorageError
 from agent.operations import Kind, Operation
@@ -115,6 +116,7 @@ def tablet(tmp_path: Path, handle: FakeHandle) -> Any:
         client=None,
         state_dir=tmp_path,
         limits=RateLimits(),
+        summary=SimpleNamespace(manifests=ManifestCache()),
     )
 
 
@@ -132,13 +134,17 @@ PARAMS = BackupParams(
 async def test_manifest_is_written_after_the_barrier_and_before_end(tmp_path: Path) -> None:
     calls: list[str] = []
     handle = FakeHandle(calls, fail_barrier=False)
-    await run_backup(tablet(tmp_path, handle), PARAMS, OneObjectEngine(), Operation(kind=Kind.BACKUP))
+    t = tablet(tmp_path, handle)
+    await run_backup(t, PARAMS, OneObjectEngine(), Operation(kind=Kind.BACKUP))
     assert calls == ["add 0", "close 0", "make_durable", "add MANIFEST", "close MANIFEST", "end"]
+    assert len(t.summary.manifests) == 1  # known as written: the next listing does not read it back
 
 
 async def test_a_failed_barrier_aborts_the_backup_without_a_manifest(tmp_path: Path) -> None:
     calls: list[str] = []
     handle = FakeHandle(calls, fail_barrier=True)
+    t = tablet(tmp_path, handle)
     with pytest.raises(StorageError, match="EIO"):
-        await run_backup(tablet(tmp_path, handle), PARAMS, OneObjectEngine(), Operation(kind=Kind.BACKUP))
+        await run_backup(t, PARAMS, OneObjectEngine(), Operation(kind=Kind.BACKUP))
     assert calls == ["add 0", "close 0", "make_durable", "abort"]
+    assert len(t.summary.manifests) == 0

@@ -12,7 +12,7 @@ from agent.catalog.listing import (
     read_manifest,
     write_manifest,
 )
-from agent.catalog.manifest import Manifest, format_time
+from agent.catalog.manifest import FileEntry, Manifest, format_time
 from agent.errors import FailedPrecondition, StorageError
 from agent.storage.base import BackupHandle, BackupWriter
 from agent.storage.file import FileBackupStorage
@@ -181,12 +181,38 @@ async def test_the_manifest_cache_reads_each_complete_backup_once(tmp_path: Path
     assert again[0].manifest == first[0].manifest  # from the cache: complete backups are immutable
     assert not again[1].complete
     # an operation about to use a backup confirms it: a changed MANIFEST forgets the directory
-    assert not await cache.confirm([again[0]])
+    assert await cache.confirm([again[0]]) is None
     assert len(cache) == 0
     fresh = await list_backup_entries(storage, DIR, cache=cache)
     assert fresh[0].manifest is not None and fresh[0].manifest.position == "MariaDB/0-1-6"
-    assert await cache.confirm([fresh[0]])
+    assert await cache.confirm([fresh[0]]) is not None
     # removed backups leave the cache with the next listing
     await storage.remove_backup(DIR, fresh[0].name)
     await list_backup_entries(storage, DIR, cache=cache)
     assert len(cache) == 0
+
+
+async def test_the_manifest_cache_keeps_no_file_entries_and_confirm_gives_them_back(tmp_path: Path) -> None:
+    from agent.catalog.listing import ManifestCache
+
+    storage = FileBackupStorage(tmp_path)
+    entries = [
+        FileEntry(Base="Data", Name=f"db/t{i}.ibd", Hash="00000000", Size=100, StoredSize=40 + i)
+        for i in range(1000)
+    ]
+    await _backup(
+        storage, 10, Manifest(BackupMethod="builtin", Position="MariaDB/0-1-5", FileEntries=entries)
+    )
+    cache = ManifestCache()
+    size = sum(40 + i for i in range(1000))
+    for _ in range(2):  # read, then from the cache
+        (listed,) = await list_backup_entries(storage, DIR, cache=cache)
+        assert listed.manifest is not None and listed.manifest.file_entries is None
+        assert listed.manifest.source is None  # nor the JSON it was read from
+        assert listed.manifest.position == "MariaDB/0-1-5" and listed.stored_size == size
+    confirmed = await cache.confirm([listed])
+    assert confirmed is not None and confirmed[0].manifest is not None
+    assert confirmed[0].manifest.file_entries == entries and confirmed[0].stored_size == size
+    assert confirmed[0].manifest.source is not None
+    (uncached,) = await list_backup_entries(storage, DIR)
+    assert uncached.manifest is not None and uncached.manifest.file_entries == entries

@@ -85,7 +85,7 @@ def _record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return events
 
 
-async def test_objects_are_renamed_complete_and_made_durable_by_one_barrier(
+async def test_objects_appear_complete_and_are_made_durable_by_one_barrier(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
@@ -95,7 +95,7 @@ async def test_objects_are_renamed_complete_and_made_durable_by_one_barrier(
         await writer.write(b"data")
         await writer.close()
     await handle.put_objects([("2", b"x"), ("3", b"y")])
-    assert events == ["rename"] * 4
+    assert events == ["rename", "rename"]  # batched objects are created under their names
     events.clear()
     await handle.make_durable()
     assert events == ["syncfs", "fsync-dir"]
@@ -121,7 +121,7 @@ async def test_end_makes_unsynced_objects_durable(tmp_path: Path, monkeypatch: p
     events = _record_syncs(monkeypatch)
     await handle.put_objects([("0", b"x")])
     await handle.end()
-    assert events == ["rename", "syncfs", "fsync-dir", "fsync-dir"]
+    assert events == ["syncfs", "fsync-dir", "fsync-dir"]
 
 
 async def test_syncfs_failure_is_a_storage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,6 +164,25 @@ async def test_put_objects_stores_each_like_add_file_and_refuses_names_twice(tmp
     backup_dir = tmp_path / "commerce" / "-80" / "b1"
     assert not [p for p in backup_dir.iterdir() if p.name.startswith(".")]
     await handle.end()
+
+
+async def test_a_batched_object_is_written_whole_under_its_mode_and_never_over_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = await FileBackupStorage(tmp_path).start_backup(DIR, "b1")
+    await handle.put_objects([("0", b"zero" * 1000), ("1", b"")])
+    backup_dir = tmp_path / "commerce" / "-80" / "b1"
+    assert sorted(p.name for p in backup_dir.iterdir()) == ["0", "1"]
+    assert (backup_dir / "0").read_bytes() == b"zero" * 1000
+    assert stat.S_IMODE((backup_dir / "0").stat().st_mode) == 0o640 & ~_umask()
+    fd = os.open(backup_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FailedPrecondition, match="never overwritten"):
+            file_mod._write_object(fd, backup_dir, "0", b"other", sync=False)
+    finally:
+        os.close(fd)
+    assert (backup_dir / "0").read_bytes() == b"zero" * 1000
+    assert sorted(p.name for p in backup_dir.iterdir()) == ["0", "1"]
 
 
 async def test_put_objects_failure_leaves_no_temporary_and_frees_the_unwritten_names(

@@ -7,7 +7,6 @@ from datetime import datetime
 
 from agent.catalog.listing import BackupEntry, list_backup_entries
 from agent.catalog.manifest import parse_time
-from agent.catalog.summary import stored_size
 from agent.catalog.verification import Verification, read_verifications
 from agent.daemon import convert
 from agent.errors import FailedPrecondition, NotFound
@@ -35,7 +34,7 @@ def backup_info(entry: BackupEntry, verification: Verification | None = None) ->
     info.from_backup = m.from_backup
     info.tablet_alias = m.tablet_alias
     info.compression_engine = "none" if m.skip_compress else (m.compression_engine or "pgzip")
-    info.size_bytes = stored_size(m)
+    info.size_bytes = entry.stored_size
     for field, value in (("backup_time", m.backup_datetime), ("finished_time", _parse(m.finished_time))):
         t = convert.time_to_pb(value)
         if t is not None:

@@ -76,9 +76,11 @@ async def choose_path(tablet: Tablet, params: RestoreParams, op: Operation) -> R
             path = RestorePath(
                 newest_complete_full(entries, before=params.backup_time, allowed_engines=allowed), ()
             )
-        if not await tablet.summary.manifests.confirm([path.full, *path.incrementals]):
+        confirmed = await tablet.summary.manifests.confirm([path.full, *path.incrementals])
+        if confirmed is None:
             entries = await list_backup_entries(tablet.storage, directory, cache=tablet.summary.manifests)
             continue  # a chosen MANIFEST changed in storage: choose again from what is stored now
+        path = RestorePath(confirmed[0], tuple(confirmed[1:]))  # with their file entries
         verification = await read_verification(path.full.handle)
         if verification is None or verification.ok:
             return path
