@@ -20,7 +20,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from bench.common import datadir_megabytes, peak_rss_mb, start_agent, timed
+from bench.common import datadir_megabytes, drop_caches, peak_rss_mb, start_agent, timed
 from tests.integration.helpers import backup, restore
 from tests.sandbox import Sandbox, find_program
 
@@ -127,24 +127,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mb = datadir_megabytes(sb)
         storage, archive = work / "backups", work / "datadir.tar.zst"
+        cache_note = ""
         agent_s: list[float] = []
         ref_s: list[float] = []
         restores: list[tuple[float, float]] = []
         agent = start_agent(sb, storage, work / "agent", ["--compression_level", str(ZSTD_LEVEL)])
         try:
             for _ in range(args.rounds):
+                cache_note = drop_caches()  # both start with nothing dirty and nothing cached
                 agent_s.append(timed(lambda: backup(agent, timeout=1800, allow_primary=True)))
+                drop_caches()
                 ref_s.append(timed(lambda: reference_backup(sb, archive)))
             phases = phase_seconds(agent.log_path)
             assert agent.proc is not None
             rss = peak_rss_mb(agent.proc.pid)
             if args.restore:
-                restores.append(
-                    (
-                        timed(lambda: restore(agent, timeout=1800)),
-                        timed(lambda: reference_restore(sb, archive)),
-                    )
-                )
+                drop_caches()
+                agent_restore = timed(lambda: restore(agent, timeout=1800))
+                drop_caches()
+                restores.append((agent_restore, timed(lambda: reference_restore(sb, archive))))
                 rss_restore = peak_rss_mb(agent.proc.pid)
         finally:
             agent.stop()
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             f"load average {os.getloadavg()[0]:.2f})"
         )
         print(f"agent phases (last round): {phases}")
+        print(f"note: {cache_note}")
         print(f"reproduce: python -m bench.small_files --tables {args.tables} --rounds {args.rounds}")
         print(f"BENCH small_files_backup files={files} ratio={ref_t / agent_t:.3f}", flush=True)
         print(f"BENCH memory_small_files peak_rss_mb={rss:.1f} tables={args.tables}", flush=True)
