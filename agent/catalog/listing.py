@@ -172,8 +172,9 @@ async def list_backup_entries(
         size = stored_size(m)
         if cache is None:
             return BackupEntry(handle, m, True, None, size)
-        cache.put(directory, handle.name, m, size)
-        return BackupEntry(handle, lean(m), True, None, size)
+        slim = lean(m)
+        cache.put(directory, handle.name, slim, size)
+        return BackupEntry(handle, slim, True, None, size)
 
     found: dict[int, BackupEntry] = {}
     unread: list[tuple[int, BackupHandle]] = []

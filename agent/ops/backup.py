@@ -123,11 +123,11 @@ async def run_backup(tablet: Tablet, params: BackupParams, engine: Engine, op: O
         manifest = seal_manifest(manifest, cipher)  # with its tag, when encrypted
         await write_manifest(handle, manifest)
         await handle.end()
-        # known as written: listings need not read back (and parse) a MANIFEST of thousands of entries
-        tablet.summary.manifests.put(directory, name, manifest, stored_size(manifest))
     except BaseException as error:
         await _abort(handle, op, error)
         raise
+    # known as written: listings need not read back (and parse) a MANIFEST of thousands of entries
+    tablet.summary.manifests.put(directory, name, manifest, stored_size(manifest))
     op.info(f"backup {directory}/{name} is complete at position {outcome.position}")
     depth = config.verify_after_backup
     if depth is not VerifyMode.OFF and not params.incremental:
